@@ -1,0 +1,19 @@
+//! The CQRS kernel: what an event log and a projection are, and how projections are run.
+//!
+//! Backend-neutral by construction: it knows no storage engine, no wire format and no
+//! domain. Adapters (SQLite, JetStream, PostgreSQL, …) implement [`EventLog`]; read
+//! models implement [`Projection`]; [`ProjectionRunner`] moves events from one to the other
+//! with a checkpoint per projection. It must never assume more of a log than the trait
+//! promises.
+
+mod log;
+pub mod memory;
+mod position;
+mod projection;
+
+pub use log::{EventLog, ExpectedVersion, LogError, NewEvent, RecordedEvent, Subscription};
+pub use position::{InvalidPosition, Position};
+pub use projection::{
+    Projection, ProjectionError, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus,
+    RetryPolicy,
+};

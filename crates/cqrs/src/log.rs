@@ -1,0 +1,120 @@
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::Position;
+
+/// What the writer expects a stream's current version to be (optimistic concurrency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must be at exactly this version; `Exactly(0)` means "must not exist".
+    Exactly(u64),
+}
+
+/// An event about to be appended. `data` is the encoded payload; the log never looks in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub data: Vec<u8>,
+}
+
+/// An event as the log recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// Global, gap-free position in the log.
+    pub position: Position,
+    pub stream: String,
+    /// 1-based version within the stream.
+    pub version: u64,
+    pub event_id: String,
+    pub event_type: String,
+    pub schema_version: u32,
+    /// When the log made it durable, in milliseconds since the Unix epoch (UTC).
+    pub recorded_at_ms: i64,
+    pub data: Vec<u8>,
+}
+
+/// Why the log refused or failed an operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error("stream `{stream}` is at version {actual}, expected {expected}")]
+    Conflict { stream: String, expected: u64, actual: u64 },
+    /// Too many appends are queued; retry later.
+    #[error("the event log is overloaded")]
+    Overloaded,
+    /// The log cannot make anything durable right now (I/O error, broker down, closing).
+    #[error("the event log is unavailable: {0}")]
+    Unavailable(String),
+    /// The log holds something this code cannot read.
+    #[error("corrupt event at {0}")]
+    Corrupt(String),
+}
+
+/// A durable, append-only log of events, partitioned into streams.
+#[async_trait]
+pub trait EventLog: Send + Sync + Debug + 'static {
+    /// Appends `events` to `stream` atomically if the stream is at `expected`; returns the
+    /// position of the last appended event. Returns only once the events are durable.
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Position, LogError>;
+
+    /// Every event of one stream, in version order.
+    async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, LogError>;
+
+    /// Up to `limit` events after `after`, in position order.
+    async fn read_all(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, LogError>;
+
+    /// The position of the newest durable event (`Position::ZERO` when empty).
+    async fn head(&self) -> Result<Position, LogError>;
+
+    /// A channel that moves whenever this process appends. Logs written by other
+    /// processes may not move it; subscribers therefore also poll.
+    fn watch_head(&self) -> watch::Receiver<Position>;
+}
+
+/// Catch-up-then-live reading of the whole log from a position.
+#[derive(Debug)]
+pub struct Subscription {
+    log: Arc<dyn EventLog>,
+    after: Position,
+    head: watch::Receiver<Position>,
+    poll: Duration,
+}
+
+impl Subscription {
+    pub fn new(log: Arc<dyn EventLog>, after: Position) -> Self {
+        let head = log.watch_head();
+        Self { log, after, head, poll: Duration::from_millis(250) }
+    }
+
+    pub fn position(&self) -> Position {
+        self.after
+    }
+
+    /// The next events after the subscription's position, waiting until there are some.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>, LogError> {
+        loop {
+            let batch = self.log.read_all(self.after, max).await?;
+            if let Some(last) = batch.last() {
+                self.after = last.position;
+                return Ok(batch);
+            }
+            let after = self.after;
+            // Woken by an append in this process, or by the poll for other writers.
+            if let Ok(Err(_closed)) = tokio::time::timeout(self.poll, self.head.wait_for(|head| *head > after)).await {
+                return Err(LogError::Unavailable("the event log was closed".into()));
+            }
+        }
+    }
+}

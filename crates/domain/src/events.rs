@@ -1,0 +1,88 @@
+//! Events: past-tense facts, the source of truth. Payloads are domain types, never wire
+//! types; each kind carries an explicit schema version.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Address, Cents, ChildName, Country, Description, LetterId, Quantity, ToyId, ToyName};
+
+/// Everything that can happen in the workshop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    ToyUpserted(ToyUpserted),
+    LetterSubmitted(LetterSubmitted),
+    LetterCancelled(LetterCancelled),
+}
+
+/// A toy was added to the catalogue or its details changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToyUpserted {
+    pub toy_id: ToyId,
+    pub name: ToyName,
+    pub description: Description,
+    pub price_cents: Cents,
+}
+
+/// A child's letter was accepted. Lines carry the unit price at submission time, so later
+/// price changes never rewrite what was asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LetterSubmitted {
+    pub letter_id: LetterId,
+    pub child: ChildName,
+    pub address: Address,
+    pub country: Option<Country>,
+    pub lines: Vec<LetterLine>,
+    pub total_cents: Cents,
+}
+
+/// One line of a submitted letter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LetterLine {
+    pub toy_id: ToyId,
+    pub quantity: Quantity,
+    pub unit_price_cents: Cents,
+}
+
+/// A letter was withdrawn; its lines no longer count as demand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LetterCancelled {
+    pub letter_id: LetterId,
+}
+
+impl Event {
+    /// The names under which events are stored; stable forever.
+    pub const TOY_UPSERTED: &'static str = "ToyUpserted";
+    pub const LETTER_SUBMITTED: &'static str = "LetterSubmitted";
+    pub const LETTER_CANCELLED: &'static str = "LetterCancelled";
+
+    /// The schema version every event is written with today.
+    pub const SCHEMA_VERSION: u32 = 1;
+
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::ToyUpserted(_) => Self::TOY_UPSERTED,
+            Event::LetterSubmitted(_) => Self::LETTER_SUBMITTED,
+            Event::LetterCancelled(_) => Self::LETTER_CANCELLED,
+        }
+    }
+
+    /// The stream (aggregate) the event belongs to: `toy-<id>` or `letter-<id>`.
+    pub fn stream(&self) -> String {
+        match self {
+            Event::ToyUpserted(e) => toy_stream(&e.toy_id),
+            Event::LetterSubmitted(e) => letter_stream(&e.letter_id),
+            Event::LetterCancelled(e) => letter_stream(&e.letter_id),
+        }
+    }
+}
+
+pub(crate) fn toy_stream(id: &ToyId) -> String {
+    format!("toy-{id}")
+}
+
+pub(crate) fn letter_stream(id: &LetterId) -> String {
+    format!("letter-{id}")
+}
