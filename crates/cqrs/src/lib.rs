@@ -6,6 +6,7 @@
 //! with a checkpoint per projection. It must never assume more of a log than the trait
 //! promises.
 
+pub mod contract;
 mod log;
 pub mod memory;
 mod position;

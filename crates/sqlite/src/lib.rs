@@ -1,1 +1,28 @@
+//! Embedded SQLite adapters for Santa's Workshop: the event log, the key-value read store
+//! and the analytics store, each in its own database file under the data directory.
+//!
+//! All SQLite work happens off the async runtime: appends on the log's dedicated writer
+//! thread, everything else in `spawn_blocking`. All SQL is parameterised. This crate must
+//! never hold a domain rule or projection logic; it only stores what it is given.
 
+mod analytics;
+mod db;
+mod event_log;
+mod kv;
+
+pub use analytics::SqliteAnalyticsStore;
+pub use event_log::{SqliteEventLog, SqliteLogOptions};
+pub use kv::SqliteKvStore;
+
+/// Failure to open or migrate a database.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot start the event log writer: {0}")]
+    Thread(#[source] std::io::Error),
+}

@@ -1,0 +1,178 @@
+//! The analytics store on SQLite (`analytics.db`): relational tables and report queries.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, TransactionBehavior, params};
+use santa_cqrs::{Position, ProjectionError};
+use santa_workshop::analytics::{AnalyticsChange, AnalyticsStore, LetterRow, ToyDemand, Totals, NAME};
+use santa_workshop::kv::StoreError;
+
+use crate::OpenError;
+use crate::db::{Db, Durability, store_error};
+use crate::kv::{read_checkpoint, write_checkpoint};
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE toys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        price_cents INTEGER NOT NULL
+    );
+    CREATE TABLE letters (
+        id TEXT PRIMARY KEY,
+        child TEXT NOT NULL,
+        country TEXT,
+        total_cents INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('submitted', 'cancelled')),
+        submitted_at_ms INTEGER NOT NULL,
+        submitted_day TEXT NOT NULL,
+        cancelled_at_ms INTEGER
+    );
+    CREATE TABLE letter_lines (
+        letter_id TEXT NOT NULL REFERENCES letters (id),
+        toy_id TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        unit_price_cents INTEGER NOT NULL,
+        PRIMARY KEY (letter_id, toy_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX letter_lines_toy ON letter_lines (toy_id);
+    CREATE TABLE checkpoints (projection TEXT PRIMARY KEY, position INTEGER NOT NULL);"];
+
+/// The embedded analytics store.
+#[derive(Debug, Clone)]
+pub struct SqliteAnalyticsStore {
+    db: Db,
+}
+
+impl SqliteAnalyticsStore {
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        Ok(Self { db: Db::open(&dir.join("analytics.db"), Durability::Normal, MIGRATIONS)? })
+    }
+}
+
+fn apply_change(conn: &Connection, change: &AnalyticsChange) -> rusqlite::Result<()> {
+    match change {
+        AnalyticsChange::UpsertToy { id, name, price_cents } => {
+            conn.prepare_cached(
+                "INSERT INTO toys (id, name, price_cents) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents",
+            )?
+            .execute(params![id, name, price_cents])?;
+        }
+        AnalyticsChange::InsertLetter(letter) => insert_letter(conn, letter)?,
+        AnalyticsChange::CancelLetter { id, at_ms } => {
+            conn.prepare_cached(
+                "UPDATE letters SET status = 'cancelled', cancelled_at_ms = ?2 WHERE id = ?1 AND status = 'submitted'",
+            )?
+            .execute(params![id, at_ms])?;
+        }
+    }
+    Ok(())
+}
+
+fn insert_letter(conn: &Connection, letter: &LetterRow) -> rusqlite::Result<()> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO letters (id, child, country, total_cents, status, submitted_at_ms, submitted_day)
+             VALUES (?1, ?2, ?3, ?4, 'submitted', ?5, date(?5 / 1000, 'unixepoch'))
+             ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![letter.id, letter.child, letter.country, letter.total_cents, letter.submitted_at_ms])?;
+    if inserted == 0 {
+        return Ok(());
+    }
+    let mut line = conn.prepare_cached(
+        "INSERT INTO letter_lines (letter_id, toy_id, quantity, unit_price_cents) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for l in &letter.lines {
+        line.execute(params![letter.id, l.toy_id, l.quantity, l.unit_price_cents])?;
+    }
+    Ok(())
+}
+
+fn totals(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<Totals>> {
+    conn.prepare_cached(sql)?
+        .query_map([], |r| Ok(Totals { key: r.get(0)?, letters: r.get(1)?, quantity: r.get(2)?, total_cents: r.get(3)? }))?
+        .collect()
+}
+
+#[async_trait]
+impl AnalyticsStore for SqliteAnalyticsStore {
+    async fn checkpoint(&self) -> Result<Position, StoreError> {
+        self.db.read(|conn| read_checkpoint(conn, NAME)).await
+    }
+
+    async fn apply(&self, changes: Vec<(Position, AnalyticsChange)>) -> Result<(), ProjectionError> {
+        self.db
+            .write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(store_error)?;
+                let checkpoint = read_checkpoint(&tx, NAME).map_err(store_error)?;
+                let mut last = None;
+                for (position, change) in changes.iter().filter(|(p, _)| *p > checkpoint) {
+                    apply_change(&tx, change).map_err(|e| ProjectionError::Event {
+                        position: *position,
+                        reason: e.to_string(),
+                    })?;
+                    last = Some(*position);
+                }
+                let Some(last) = last else { return Ok(()) };
+                write_checkpoint(&tx, NAME, last).map_err(store_error)?;
+                tx.commit().map_err(store_error)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn toy_demand(&self, limit: usize) -> Result<Vec<ToyDemand>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT ll.toy_id, COALESCE(t.name, ll.toy_id), SUM(ll.quantity), COUNT(*),
+                            SUM(ll.quantity * ll.unit_price_cents)
+                     FROM letter_lines ll
+                     JOIN letters l ON l.id = ll.letter_id AND l.status = 'submitted'
+                     LEFT JOIN toys t ON t.id = ll.toy_id
+                     GROUP BY ll.toy_id ORDER BY 3 DESC, 1 LIMIT ?1",
+                )?
+                .query_map([limit], |r| {
+                    Ok(ToyDemand {
+                        toy_id: r.get(0)?,
+                        name: r.get(1)?,
+                        quantity: r.get(2)?,
+                        letters: r.get(3)?,
+                        value_cents: r.get(4)?,
+                    })
+                })?
+                .collect()
+            })
+            .await
+    }
+
+    async fn totals_by_country(&self) -> Result<Vec<Totals>, StoreError> {
+        self.db
+            .read(|conn| {
+                totals(
+                    conn,
+                    "SELECT COALESCE(l.country, 'unknown') AS k, COUNT(DISTINCT l.id), SUM(ll.quantity),
+                            SUM(ll.quantity * ll.unit_price_cents)
+                     FROM letters l JOIN letter_lines ll ON ll.letter_id = l.id
+                     WHERE l.status = 'submitted' GROUP BY k ORDER BY 4 DESC, 1",
+                )
+            })
+            .await
+    }
+
+    async fn totals_by_day(&self) -> Result<Vec<Totals>, StoreError> {
+        self.db
+            .read(|conn| {
+                totals(
+                    conn,
+                    "SELECT l.submitted_day, COUNT(DISTINCT l.id), SUM(ll.quantity),
+                            SUM(ll.quantity * ll.unit_price_cents)
+                     FROM letters l JOIN letter_lines ll ON ll.letter_id = l.id
+                     WHERE l.status = 'submitted' GROUP BY l.submitted_day ORDER BY 1",
+                )
+            })
+            .await
+    }
+}

@@ -1,0 +1,120 @@
+//! Connections, pragmas, migrations and the blocking-pool bridge shared by the stores.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use rusqlite::{Connection, OpenFlags};
+use santa_workshop::kv::StoreError;
+
+use crate::OpenError;
+
+/// How hard a database works to survive power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// `synchronous=FULL`: a commit is on disk when it returns. For the event log.
+    Full,
+    /// `synchronous=NORMAL`: a crash may lose the newest commits, never consistency. For
+    /// read stores, whose checkpoint is committed with their rows and replays from the log.
+    Normal,
+}
+
+/// Opens a connection with the project's pragmas and brings the schema up to date.
+pub(crate) fn open(path: &Path, durability: Durability, migrations: &[&str]) -> Result<Connection, OpenError> {
+    let fail = |source| OpenError::Sqlite { path: path.display().to_string(), source };
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(fail)?;
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 10000;
+         PRAGMA foreign_keys = ON; PRAGMA cache_size = -32000;"
+    ))
+    .map_err(fail)?;
+    migrate(&mut conn, migrations).map_err(fail)?;
+    Ok(conn)
+}
+
+/// Applies the migrations the database has not seen yet, tracked in `user_version`.
+fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let done: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, migration) in migrations.iter().enumerate().skip(done) {
+        tx.execute_batch(migration)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+    }
+    tx.commit()
+}
+
+/// One writer connection and a few readers, used from the blocking pool.
+#[derive(Debug, Clone)]
+pub(crate) struct Db {
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<[Mutex<Connection>]>,
+    next_reader: Arc<AtomicUsize>,
+}
+
+const READERS: usize = 4;
+
+impl Db {
+    pub(crate) fn open(path: &Path, durability: Durability, migrations: &[&str]) -> Result<Self, OpenError> {
+        let writer = open(path, durability, migrations)?;
+        let readers = (0..READERS)
+            .map(|_| open(path, durability, migrations).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers: readers.into(), next_reader: Arc::default() })
+    }
+
+    /// Runs `f` on a reader connection in the blocking pool.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
+        blocking(move || f(&lock(&readers[i]))).await
+    }
+
+    /// Runs `f` on the writer connection in the blocking pool.
+    pub(crate) async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+    {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&writer)))
+            .await
+            .map_err(|e| E::from(StoreError::Unavailable(format!("store task failed: {e}"))))?
+    }
+}
+
+impl Db {
+    /// Runs `f` on the writer connection on the calling thread (which must not be an
+    /// async worker).
+    pub(crate) fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        f(&mut lock(&self.writer))
+    }
+}
+
+pub(crate) fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> rusqlite::Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        .map_err(store_error)
+}
+
+pub(crate) fn store_error(error: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}

@@ -1,0 +1,147 @@
+//! The key-value read store on SQLite: one `items` table keyed by (pk, sk) with a partial
+//! index standing in for the global secondary index, and the projections' checkpoints.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use santa_cqrs::{Position, ProjectionError};
+use santa_workshop::Envelope;
+use santa_workshop::kv::{Item, KvApply, KvStore, KvWrite, StoreError};
+
+use crate::OpenError;
+use crate::db::{Db, Durability, store_error};
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE items (
+        pk TEXT NOT NULL,
+        sk TEXT NOT NULL,
+        gsi1pk TEXT,
+        gsi1sk TEXT,
+        data TEXT NOT NULL,
+        PRIMARY KEY (pk, sk)
+    ) WITHOUT ROWID;
+    CREATE INDEX items_gsi1 ON items (gsi1pk, gsi1sk) WHERE gsi1pk IS NOT NULL;
+    CREATE TABLE checkpoints (projection TEXT PRIMARY KEY, position INTEGER NOT NULL);"];
+
+/// The embedded key-value store (`read.db`).
+#[derive(Debug, Clone)]
+pub struct SqliteKvStore {
+    db: Db,
+}
+
+impl SqliteKvStore {
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        Ok(Self { db: Db::open(&dir.join("read.db"), Durability::Normal, MIGRATIONS)? })
+    }
+}
+
+const ITEM: &str = "SELECT pk, sk, gsi1pk, gsi1sk, data FROM items";
+
+fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
+    Ok(Item { pk: row.get(0)?, sk: row.get(1)?, gsi1pk: row.get(2)?, gsi1sk: row.get(3)?, data: row.get(4)? })
+}
+
+pub(crate) fn read_checkpoint(conn: &Connection, projection: &str) -> rusqlite::Result<Position> {
+    let position: Option<u64> = conn
+        .prepare_cached("SELECT position FROM checkpoints WHERE projection = ?1")?
+        .query_row([projection], |r| r.get(0))
+        .optional()?;
+    Ok(Position::new(position.unwrap_or(0)))
+}
+
+pub(crate) fn write_checkpoint(conn: &Connection, projection: &str, position: Position) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO checkpoints (projection, position) VALUES (?1, ?2)
+         ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+    )?
+    .execute(params![projection, position.get()])?;
+    Ok(())
+}
+
+/// [`KvWrite`] over an open transaction.
+struct Tx<'a>(&'a Connection);
+
+impl KvWrite for Tx<'_> {
+    fn get(&mut self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
+        get(self.0, pk, sk).map_err(store_error)
+    }
+
+    fn put(&mut self, item: Item) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO items (pk, sk, gsi1pk, gsi1sk, data) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (pk, sk) DO UPDATE SET gsi1pk = excluded.gsi1pk, gsi1sk = excluded.gsi1sk,
+                 data = excluded.data",
+            )
+            .and_then(|mut s| s.execute(params![item.pk, item.sk, item.gsi1pk, item.gsi1sk, item.data]))
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    fn delete(&mut self, pk: &str, sk: &str) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached("DELETE FROM items WHERE pk = ?1 AND sk = ?2")
+            .and_then(|mut s| s.execute([pk, sk]))
+            .map(drop)
+            .map_err(store_error)
+    }
+}
+
+fn get(conn: &Connection, pk: &str, sk: &str) -> rusqlite::Result<Option<Item>> {
+    conn.prepare_cached(&format!("{ITEM} WHERE pk = ?1 AND sk = ?2"))?.query_row([pk, sk], row_to_item).optional()
+}
+
+#[async_trait]
+impl KvStore for SqliteKvStore {
+    async fn checkpoint(&self, projection: &str) -> Result<Position, StoreError> {
+        let projection = projection.to_owned();
+        self.db.read(move |conn| read_checkpoint(conn, &projection)).await
+    }
+
+    async fn apply(&self, projection: &'static str, events: Vec<Envelope>, apply: KvApply) -> Result<(), ProjectionError> {
+        self.db
+            .write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(store_error)?;
+                let checkpoint = read_checkpoint(&tx, projection).map_err(store_error)?;
+                let fresh: Vec<_> = events.iter().filter(|e| e.position > checkpoint).collect();
+                let Some(last) = fresh.last() else { return Ok(()) };
+                for envelope in &fresh {
+                    apply(&mut Tx(&tx), envelope)?;
+                }
+                write_checkpoint(&tx, projection, last.position).map_err(store_error)?;
+                tx.commit().map_err(store_error)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
+        let (pk, sk) = (pk.to_owned(), sk.to_owned());
+        self.db.read(move |conn| get(conn, &pk, &sk)).await
+    }
+
+    async fn query(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {
+        let (pk, prefix) = (pk.to_owned(), sk_prefix.to_owned());
+        self.db
+            .read(move |conn| {
+                // `sk >= prefix AND sk < prefix || U+10FFFF` keeps the primary-key range scan.
+                let upper = format!("{prefix}\u{10FFFF}");
+                let mut stmt = conn.prepare_cached(&format!("{ITEM} WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 ORDER BY sk"))?;
+                stmt.query_map(params![pk, prefix, upper], row_to_item)?.collect()
+            })
+            .await
+    }
+
+    async fn query_index(&self, gsi1pk: &str, after: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError> {
+        let (gsi1pk, after) = (gsi1pk.to_owned(), after.unwrap_or("").to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "{ITEM} WHERE gsi1pk = ?1 AND gsi1sk > ?2 ORDER BY gsi1sk LIMIT ?3"
+                ))?;
+                stmt.query_map(params![gsi1pk, after, limit], row_to_item)?.collect()
+            })
+            .await
+    }
+}
