@@ -1,1 +1,64 @@
+//! The HTTP API of Santa's Workshop (DESIGN.md §5): command, query and admin routers,
+//! bearer-token scopes, problem+json errors, the OpenAPI document and Prometheus metrics.
+//!
+//! This is the only crate that knows the JSON wire types. Handlers parse requests into
+//! domain commands, call the workshop's services and map answers back; queries read only
+//! the read stores (the letter history alone reads the log). A handler must never panic
+//! and never show a client an internal cause.
 
+mod auth;
+mod extract;
+mod metrics;
+mod openapi;
+mod problem;
+mod routes;
+mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use santa_cqrs::ProjectionHandle;
+use santa_workshop::CommandService;
+use santa_workshop::analytics::AnalyticsStore;
+use santa_workshop::letters::LettersQueries;
+
+pub use auth::{Scope, Tokens, TokensError};
+pub use metrics::Metrics;
+pub use openapi::openapi_json;
+pub use problem::{ApiError, Problem};
+
+/// Everything the handlers need.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub commands: CommandService,
+    pub letters: LettersQueries,
+    pub analytics: Arc<dyn AnalyticsStore>,
+    /// Progress of the projections running in this process.
+    pub projections: Arc<[ProjectionHandle]>,
+    pub metrics: Arc<Metrics>,
+    pub settings: HttpSettings,
+}
+
+/// Limits and policies of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub tokens: Tokens,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long a query with `?after=` waits for its projection.
+    pub consistency_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { tokens: Tokens::default(), max_body_bytes: 64 * 1024, consistency_timeout: Duration::from_secs(2) }
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.max_body_bytes;
+    routes::router(state).layer(DefaultBodyLimit::max(max_body))
+}

@@ -1,1 +1,10 @@
+//! The `santa` binary's library half: settings, wiring of the roles, and the application
+//! lifecycle. `main` and the tests both go through [`Application::build`] and
+//! [`Application::run_until_stopped`], so the tests exercise exactly what users run.
 
+mod app;
+mod settings;
+pub mod telemetry;
+
+pub use app::Application;
+pub use settings::Settings;

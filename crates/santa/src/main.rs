@@ -1,1 +1,108 @@
-fn main() {}
+//! `santa`: run Santa's Workshop, or talk to a running one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use santa::{Application, Settings, telemetry};
+use santa_http::Tokens;
+
+#[derive(Debug, Parser)]
+#[command(name = "santa", version, about = "Santa's Workshop: a CQRS service for letters to Santa")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole workshop in one process: command API, query API and projectors.
+    Serve(ServeArgs),
+    /// Load the demo catalogue and letters into a running workshop (POST /admin/seed).
+    Seed(SeedArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SANTA_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Directory for the embedded databases.
+    #[arg(long, env = "SANTA_DATA_DIR", default_value = "./santa-data")]
+    data_dir: PathBuf,
+    /// Bearer tokens and their scopes: `tokenA:read,tokenB:write,tokenC:admin+read+write`.
+    #[arg(long, env = "SANTA_TOKENS", hide_env_values = true, default_value = "")]
+    tokens: String,
+    /// How long a query with `?after=` waits for its projection, in milliseconds.
+    #[arg(long, env = "SANTA_CONSISTENCY_TIMEOUT_MS", default_value_t = 2000)]
+    consistency_timeout_ms: u64,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "SANTA_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    max_body_bytes: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct SeedArgs {
+    /// Base URL of the running workshop.
+    #[arg(long, env = "SANTA_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// A token with the admin scope, if the workshop requires tokens.
+    #[arg(long, env = "SANTA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args).await,
+        Command::Seed(args) => seed(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut settings = Settings::new(args.addr, args.data_dir);
+    settings.tokens = Tokens::parse(&args.tokens)?;
+    settings.consistency_timeout = Duration::from_millis(args.consistency_timeout_ms);
+    settings.max_body_bytes = args.max_body_bytes;
+    let app = Application::build(settings).await?;
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+async fn seed(args: SeedArgs) -> anyhow::Result<()> {
+    let url = format!("{}/admin/seed", args.url.trim_end_matches('/'));
+    let mut request = reqwest::Client::new().post(&url);
+    if let Some(token) = args.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.with_context(|| format!("cannot reach {url}; is `santa serve` running?"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    anyhow::ensure!(status.is_success(), "seeding failed with {status}: {body}");
+    println!("{body}");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,111 @@
+//! Route assembly: each group behind the scope it needs.
+
+pub(crate) mod commands;
+pub(crate) mod ops;
+pub(crate) mod queries;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post, put};
+use santa_cqrs::{Position, ProjectionHandle};
+
+use crate::AppState;
+use crate::auth::{Guard, Scope, require};
+use crate::problem::ApiError;
+
+pub(crate) fn router(state: AppState) -> Router {
+    let guard = |scope| Guard { tokens: state.settings.tokens.clone(), scope };
+    let write = Router::new()
+        .route("/toys/{id}", put(commands::upsert_toy))
+        .route("/letters", post(commands::submit_letter))
+        .route("/letters/{id}", axum::routing::delete(commands::cancel_letter))
+        .route_layer(from_fn_with_state(guard(Scope::Write), require));
+    let read = Router::new()
+        .route("/toys", get(queries::list_toys))
+        .route("/toys/{id}", get(queries::get_toy))
+        .route("/toys/{id}/letters", get(queries::toy_letters))
+        .route("/letters", get(queries::list_letters))
+        .route("/letters/{id}", get(queries::get_letter))
+        .route("/letters/{id}/history", get(queries::letter_history))
+        .route("/analytics/toys", get(queries::toy_demand))
+        .route("/analytics/countries", get(queries::totals_by_country))
+        .route("/analytics/days", get(queries::totals_by_day))
+        .route("/admin/projections", get(ops::projections))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .route_layer(from_fn_with_state(guard(Scope::Read), require));
+    let admin = Router::new()
+        .route("/admin/seed", post(ops::seed))
+        .route_layer(from_fn_with_state(guard(Scope::Admin), require));
+    let open = Router::new().route("/healthz", get(ops::healthz)).route("/readyz", get(ops::readyz));
+    Router::new()
+        .merge(write)
+        .merge(read)
+        .merge(admin)
+        .merge(open)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this endpoint does not accept that method")
+}
+
+impl AppState {
+    fn projection(&self, name: &str) -> Option<&ProjectionHandle> {
+        self.projections.iter().find(|p| p.name() == name)
+    }
+
+    /// Read-your-writes: with `?after=P`, waits (bounded) until `projection` has applied
+    /// P, or answers that it is still behind.
+    pub(crate) async fn consistent(&self, projection: &str, after: Option<&str>) -> Result<(), ApiError> {
+        let Some(raw) = after else { return Ok(()) };
+        let position: Position = raw
+            .parse()
+            .map_err(|e: santa_cqrs::InvalidPosition| ApiError::bad_request("invalid-position", e.to_string()).with_field("after"))?;
+        let head = self.commands.log().head().await?;
+        if position > head {
+            return Err(ApiError::bad_request(
+                "invalid-position",
+                format!("position {position} has not been issued (the log is at {head})"),
+            )
+            .with_field("after"));
+        }
+        let Some(handle) = self.projection(projection) else {
+            return Err(ApiError::internal(&UnknownProjection(projection.to_owned())));
+        };
+        let timeout = self.settings.consistency_timeout;
+        if handle.wait_for(position, timeout).await {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "projection-behind",
+            format!(
+                "the {projection} projection is at {} and did not reach position {position} within {timeout:?}; retry later",
+                handle.status().position
+            ),
+        )
+        .retry_after(std::time::Duration::from_secs(1)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no projection named `{0}` runs in this process")]
+struct UnknownProjection(String);
+
+/// Clamps a page size: default 50, at most 500.
+pub(crate) fn limit(raw: Option<u32>) -> Result<usize, ApiError> {
+    match raw {
+        None => Ok(50),
+        Some(n @ 1..=500) => Ok(n as usize),
+        Some(n) => Err(ApiError::bad_request("invalid-query", format!("`limit` must be between 1 and 500, got {n}"))
+            .with_field("limit")),
+    }
+}

@@ -1,0 +1,113 @@
+//! Operations: health, readiness, metrics, the OpenAPI document, projection status, seed.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use santa_cqrs::ProjectionState;
+
+use crate::AppState;
+use crate::problem::{ApiError, Problem};
+use crate::wire::{AcceptedResponse, HealthResponse, ProjectionStatusResponse, ProjectionsResponse, SeedResponse};
+
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = HealthResponse)))]
+pub(crate) async fn healthz() -> Json<HealthResponse> {
+    Json(HealthResponse { status: "ok" })
+}
+
+/// Readiness: the log and the read stores answer, and every projection has started.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = HealthResponse), (status = 503, body = Problem)))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<HealthResponse>, ApiError> {
+    state.commands.log().head().await?;
+    state.letters.checkpoint().await?;
+    state.analytics.checkpoint().await?;
+    if let Some(p) = state.projections.iter().find(|p| p.status().state == ProjectionState::Starting) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            format!("the {} projection is still starting", p.name()),
+        )
+        .retry_after(std::time::Duration::from_secs(1)));
+    }
+    Ok(Json(HealthResponse { status: "ready" }))
+}
+
+/// Each projection's position, lag and state.
+#[utoipa::path(get, path = "/admin/projections", tag = "operations",
+    responses((status = 200, body = ProjectionsResponse)), security(("bearer" = ["read"])))]
+pub(crate) async fn projections(State(state): State<AppState>) -> Result<Json<ProjectionsResponse>, ApiError> {
+    Ok(Json(projection_report(&state).await?))
+}
+
+async fn projection_report(state: &AppState) -> Result<ProjectionsResponse, ApiError> {
+    let head = state.commands.log().head().await?.get();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let projections = state
+        .projections
+        .iter()
+        .map(|p| {
+            let s = p.status();
+            let lag_events = head.saturating_sub(s.position.get());
+            let lag_seconds = match (lag_events, s.last_event_at_ms) {
+                (0, _) => 0.0,
+                (_, Some(at)) => (now_ms - at).max(0) as f64 / 1000.0,
+                (_, None) => 0.0,
+            };
+            ProjectionStatusResponse {
+                name: p.name(),
+                position: s.position.get(),
+                lag_events,
+                lag_seconds,
+                state: s.state.as_str(),
+                last_error: s.last_error,
+            }
+        })
+        .collect();
+    Ok(ProjectionsResponse { head, projections })
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")),
+    security(("bearer" = ["read"])))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let report = projection_report(&state).await?;
+    state.metrics.set_head(report.head);
+    for p in &report.projections {
+        state.metrics.set_projection(p.name, p.position, p.lag_events, p.lag_seconds);
+    }
+    let text = state.metrics.encode().map_err(|e| ApiError::internal(&e))?;
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")),
+    security(("bearer" = ["read"])))]
+pub(crate) async fn openapi() -> Response {
+    let mut response = crate::openapi_json().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Loads the demo catalogue and letters through the command path. Idempotent.
+#[utoipa::path(post, path = "/admin/seed", tag = "operations",
+    responses((status = 200, body = SeedResponse), (status = "4XX", body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = ["admin"])))]
+pub(crate) async fn seed(State(state): State<AppState>) -> Result<Json<SeedResponse>, ApiError> {
+    let seeded = santa_workshop::seed::seed(&state.commands).await?;
+    let wire = |a: santa_workshop::Accepted| AcceptedResponse { id: a.id, position: a.position.get() };
+    Ok(Json(SeedResponse {
+        toys: seeded.toys.into_iter().map(wire).collect(),
+        letters: seeded.letters.into_iter().map(wire).collect(),
+    }))
+}
