@@ -1,5 +1,9 @@
 //! The behaviour every [`EventLog`] must show, as reusable checks. Each adapter's tests
 //! run all of them against a fresh, empty log of their engine.
+#![allow(
+    clippy::unwrap_used,
+    reason = "contract checks are test support: a panic is how they report a broken contract"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +14,9 @@ use crate::{EventLog, ExpectedVersion, LogError, NewEvent, Position, Subscriptio
 pub fn event(body: &str) -> NewEvent {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     NewEvent {
         event_id: format!("contract-{nanos}-{n}"),
         event_type: "ContractEvent".into(),
@@ -21,19 +27,62 @@ pub fn event(body: &str) -> NewEvent {
 
 /// Appends honour the expected version and number streams from 1.
 pub async fn appends_check_the_expected_version(log: Arc<dyn EventLog>) {
-    let first = log.append("s-1", ExpectedVersion::Exactly(0), vec![event("a")]).await.unwrap();
-    let second = log.append("s-1", ExpectedVersion::Exactly(1), vec![event("b"), event("c")]).await.unwrap();
+    let first = log
+        .append("s-1", ExpectedVersion::Exactly(0), vec![event("a")])
+        .await
+        .unwrap();
+    let second = log
+        .append(
+            "s-1",
+            ExpectedVersion::Exactly(1),
+            vec![event("b"), event("c")],
+        )
+        .await
+        .unwrap();
     assert!(second > first, "positions grow: {first} then {second}");
-    let stale = log.append("s-1", ExpectedVersion::Exactly(1), vec![event("d")]).await;
-    assert!(matches!(stale, Err(LogError::Conflict { expected: 1, actual: 3, .. })), "got {stale:?}");
-    let again = log.append("s-1", ExpectedVersion::Exactly(0), vec![event("e")]).await;
-    assert!(matches!(again, Err(LogError::Conflict { .. })), "a stream exists only once: {again:?}");
+    let stale = log
+        .append("s-1", ExpectedVersion::Exactly(1), vec![event("d")])
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(LogError::Conflict {
+                expected: 1,
+                actual: 3,
+                ..
+            })
+        ),
+        "got {stale:?}"
+    );
+    let again = log
+        .append("s-1", ExpectedVersion::Exactly(0), vec![event("e")])
+        .await;
+    assert!(
+        matches!(again, Err(LogError::Conflict { .. })),
+        "a stream exists only once: {again:?}"
+    );
     let stream = log.read_stream("s-1").await.unwrap();
     let versions: Vec<_> = stream.iter().map(|e| e.version).collect();
     assert_eq!(versions, [1, 2, 3]);
     let bodies: Vec<_> = stream.iter().map(|e| e.data.as_slice()).collect();
     assert_eq!(bodies, [b"a", b"b", b"c"]);
     assert!(log.read_stream("s-unknown").await.unwrap().is_empty());
+}
+
+/// Appending the same event (same id) again is a repeat: the original position, no write.
+pub async fn repeated_event_ids_are_not_written_twice(log: Arc<dyn EventLog>) {
+    let once = event("once");
+    let first = log
+        .append("dup", ExpectedVersion::Exactly(0), vec![once.clone()])
+        .await
+        .unwrap();
+    let again = log
+        .append("dup", ExpectedVersion::Exactly(0), vec![once])
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(log.read_stream("dup").await.unwrap().len(), 1);
+    assert_eq!(log.head().await.unwrap(), first);
 }
 
 /// Concurrent appends to many streams get distinct, gap-free positions, and exactly one
@@ -43,11 +92,21 @@ pub async fn concurrent_appends_are_gap_free_and_race_safely(log: Arc<dyn EventL
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..200 {
         let log = log.clone();
-        tasks.spawn(async move { log.append(&format!("c-{}", i % 50), ExpectedVersion::Any, vec![event("x")]).await });
+        tasks.spawn(async move {
+            log.append(
+                &format!("c-{}", i % 50),
+                ExpectedVersion::Any,
+                vec![event("x")],
+            )
+            .await
+        });
     }
     for _ in 0..8 {
         let log = log.clone();
-        tasks.spawn(async move { log.append("race", ExpectedVersion::Exactly(0), vec![event("r")]).await });
+        tasks.spawn(async move {
+            log.append("race", ExpectedVersion::Exactly(0), vec![event("r")])
+                .await
+        });
     }
     let mut positions = Vec::new();
     let mut conflicts = 0;
@@ -64,31 +123,55 @@ pub async fn concurrent_appends_are_gap_free_and_race_safely(log: Arc<dyn EventL
     assert_eq!(positions, expected, "positions are distinct and gap-free");
     let all = log.read_all(start, 1000).await.unwrap();
     assert_eq!(all.len(), 201);
-    assert!(all.windows(2).all(|w| w[1].position.get() == w[0].position.get() + 1));
+    assert!(
+        all.windows(2)
+            .all(|w| w[1].position.get() == w[0].position.get() + 1)
+    );
 }
 
 /// A subscription replays history from any position, then delivers new events live.
 pub async fn subscriptions_catch_up_then_follow_live(log: Arc<dyn EventLog>) {
     let start = log.head().await.unwrap();
     for i in 0..5 {
-        log.append(&format!("sub-{i}"), ExpectedVersion::Exactly(0), vec![event("old")]).await.unwrap();
+        log.append(
+            &format!("sub-{i}"),
+            ExpectedVersion::Exactly(0),
+            vec![event("old")],
+        )
+        .await
+        .unwrap();
     }
     let mut sub = Subscription::new(log.clone(), start);
     let mut seen = Vec::new();
     while seen.len() < 5 {
         seen.extend(sub.next_batch(2).await.unwrap());
     }
-    assert_eq!(seen.len(), 5, "catch-up respects the batch size and skips nothing");
+    assert_eq!(
+        seen.len(),
+        5,
+        "catch-up respects the batch size and skips nothing"
+    );
     let writer = log.clone();
     let live = tokio::spawn(async move {
-        writer.append("sub-live", ExpectedVersion::Exactly(0), vec![event("new")]).await.unwrap()
+        writer
+            .append("sub-live", ExpectedVersion::Exactly(0), vec![event("new")])
+            .await
+            .unwrap()
     });
-    let next = tokio::time::timeout(Duration::from_secs(5), sub.next_batch(10)).await.expect("live event arrives");
+    let next = tokio::time::timeout(Duration::from_secs(5), sub.next_batch(10))
+        .await
+        .expect("live event arrives");
     let next = next.unwrap();
     let position = live.await.unwrap();
     assert_eq!(next.len(), 1);
-    assert_eq!((next[0].position, next[0].data.as_slice()), (position, b"new".as_slice()));
-    let from_middle = log.read_all(Position::new(start.get() + 3), 100).await.unwrap();
+    assert_eq!(
+        (next[0].position, next[0].data.as_slice()),
+        (position, b"new".as_slice())
+    );
+    let from_middle = log
+        .read_all(Position::new(start.get() + 3), 100)
+        .await
+        .unwrap();
     assert_eq!(from_middle.len(), 3);
 }
 
@@ -101,7 +184,9 @@ mod tests {
     #[tokio::test]
     async fn the_memory_log_keeps_the_contract() {
         super::appends_check_the_expected_version(Arc::new(MemoryEventLog::default())).await;
-        super::concurrent_appends_are_gap_free_and_race_safely(Arc::new(MemoryEventLog::default())).await;
+        super::repeated_event_ids_are_not_written_twice(Arc::new(MemoryEventLog::default())).await;
+        super::concurrent_appends_are_gap_free_and_race_safely(Arc::new(MemoryEventLog::default()))
+            .await;
         super::subscriptions_catch_up_then_follow_live(Arc::new(MemoryEventLog::default())).await;
     }
 }

@@ -15,6 +15,6 @@ mod projection;
 pub use log::{EventLog, ExpectedVersion, LogError, NewEvent, RecordedEvent, Subscription};
 pub use position::{InvalidPosition, Position};
 pub use projection::{
-    Projection, ProjectionError, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus,
-    RetryPolicy,
+    Projection, ProjectionError, ProjectionHandle, ProjectionRunner, ProjectionState,
+    ProjectionStatus, RetryPolicy,
 };

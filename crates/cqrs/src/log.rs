@@ -45,7 +45,11 @@ pub struct RecordedEvent {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LogError {
     #[error("stream `{stream}` is at version {actual}, expected {expected}")]
-    Conflict { stream: String, expected: u64, actual: u64 },
+    Conflict {
+        stream: String,
+        expected: u64,
+        actual: u64,
+    },
     /// Too many appends are queued; retry later.
     #[error("the event log is overloaded")]
     Overloaded,
@@ -73,7 +77,8 @@ pub trait EventLog: Send + Sync + Debug + 'static {
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, LogError>;
 
     /// Up to `limit` events after `after`, in position order.
-    async fn read_all(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, LogError>;
+    async fn read_all(&self, after: Position, limit: usize)
+    -> Result<Vec<RecordedEvent>, LogError>;
 
     /// The position of the newest durable event (`Position::ZERO` when empty).
     async fn head(&self) -> Result<Position, LogError>;
@@ -95,7 +100,12 @@ pub struct Subscription {
 impl Subscription {
     pub fn new(log: Arc<dyn EventLog>, after: Position) -> Self {
         let head = log.watch_head();
-        Self { log, after, head, poll: Duration::from_millis(250) }
+        Self {
+            log,
+            after,
+            head,
+            poll: Duration::from_millis(250),
+        }
     }
 
     pub fn position(&self) -> Position {
@@ -112,7 +122,9 @@ impl Subscription {
             }
             let after = self.after;
             // Woken by an append in this process, or by the poll for other writers.
-            if let Ok(Err(_closed)) = tokio::time::timeout(self.poll, self.head.wait_for(|head| *head > after)).await {
+            if let Ok(Err(_closed)) =
+                tokio::time::timeout(self.poll, self.head.wait_for(|head| *head > after)).await
+            {
                 return Err(LogError::Unavailable("the event log was closed".into()));
             }
         }

@@ -17,27 +17,54 @@ pub struct MemoryEventLog {
 
 impl Default for MemoryEventLog {
     fn default() -> Self {
-        Self { events: Mutex::new(Vec::new()), head: watch::channel(Position::ZERO).0 }
+        Self {
+            events: Mutex::new(Vec::new()),
+            head: watch::channel(Position::ZERO).0,
+        }
     }
 }
 
 impl MemoryEventLog {
     fn events(&self) -> std::sync::MutexGuard<'_, Vec<RecordedEvent>> {
-        self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 #[async_trait]
 impl EventLog for MemoryEventLog {
-    async fn append(&self, stream: &str, expected: ExpectedVersion, new: Vec<NewEvent>) -> Result<Position, LogError> {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        new: Vec<NewEvent>,
+    ) -> Result<Position, LogError> {
         let mut events = self.events();
-        let actual = events.iter().filter(|e| e.stream == stream).map(|e| e.version).max().unwrap_or(0);
+        if let Some(last) = new.last()
+            && let Some(known) = events.iter().find(|e| e.event_id == last.event_id)
+        {
+            return Ok(known.position);
+        }
+        let actual = events
+            .iter()
+            .filter(|e| e.stream == stream)
+            .map(|e| e.version)
+            .max()
+            .unwrap_or(0);
         if let ExpectedVersion::Exactly(expected) = expected
             && expected != actual
         {
-            return Err(LogError::Conflict { stream: stream.to_owned(), expected, actual });
+            return Err(LogError::Conflict {
+                stream: stream.to_owned(),
+                expected,
+                actual,
+            });
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         for (i, event) in new.into_iter().enumerate() {
             let position = Position::new(events.len() as u64 + 1);
             events.push(RecordedEvent {
@@ -57,12 +84,27 @@ impl EventLog for MemoryEventLog {
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, LogError> {
-        Ok(self.events().iter().filter(|e| e.stream == stream).cloned().collect())
+        Ok(self
+            .events()
+            .iter()
+            .filter(|e| e.stream == stream)
+            .cloned()
+            .collect())
     }
 
-    async fn read_all(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, LogError> {
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
         let start = usize::try_from(after.get()).unwrap_or(usize::MAX);
-        Ok(self.events().iter().skip(start).take(limit).cloned().collect())
+        Ok(self
+            .events()
+            .iter()
+            .skip(start)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn head(&self) -> Result<Position, LogError> {

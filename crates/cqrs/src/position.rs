@@ -42,7 +42,9 @@ impl FromStr for Position {
         if raw.is_empty() || raw.len() > 20 || !raw.bytes().all(|b| b.is_ascii_digit()) {
             return Err(InvalidPosition(raw.chars().take(40).collect()));
         }
-        raw.parse().map(Position).map_err(|_| InvalidPosition(raw.to_owned()))
+        raw.parse()
+            .map(Position)
+            .map_err(|_| InvalidPosition(raw.to_owned()))
     }
 }
 

@@ -78,7 +78,10 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { initial: Duration::from_millis(50), max: Duration::from_secs(5) }
+        Self {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(5),
+        }
     }
 }
 
@@ -86,8 +89,14 @@ impl RetryPolicy {
     /// The delay before attempt `attempt + 1`: exponential, capped, with jitter so that
     /// many workers do not retry in step.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let base = self.initial.saturating_mul(1 << attempt.min(16)).min(self.max);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let base = self
+            .initial
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.max);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         // Up to +50 %, from the clock's low bits: enough to spread retries.
         base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
     }
@@ -113,7 +122,10 @@ impl ProjectionHandle {
     /// whether it got there.
     pub async fn wait_for(&self, position: Position, timeout: Duration) -> bool {
         let mut rx = self.status.clone();
-        matches!(tokio::time::timeout(timeout, rx.wait_for(|s| s.position >= position)).await, Ok(Ok(_)))
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|s| s.position >= position)).await,
+            Ok(Ok(_))
+        )
     }
 }
 
@@ -128,7 +140,9 @@ pub struct ProjectionRunner {
 
 impl std::fmt::Debug for ProjectionRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProjectionRunner").field("projection", &self.projection.name()).finish()
+        f.debug_struct("ProjectionRunner")
+            .field("projection", &self.projection.name())
+            .finish()
     }
 }
 
@@ -141,7 +155,13 @@ impl ProjectionRunner {
             last_event_at_ms: None,
             attempts: 0,
         });
-        Self { log, projection, status, batch_size: 500, retry: RetryPolicy::default() }
+        Self {
+            log,
+            projection,
+            status,
+            batch_size: 500,
+            retry: RetryPolicy::default(),
+        }
     }
 
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
@@ -155,7 +175,10 @@ impl ProjectionRunner {
     }
 
     pub fn handle(&self) -> ProjectionHandle {
-        ProjectionHandle { name: self.projection.name(), status: self.status.subscribe() }
+        ProjectionHandle {
+            name: self.projection.name(),
+            status: self.status.subscribe(),
+        }
     }
 
     /// Runs until `shutdown` resolves. A batch in progress is finished, never abandoned
@@ -163,7 +186,10 @@ impl ProjectionRunner {
     #[tracing::instrument(name = "projection", skip_all, fields(projection = self.projection.name()))]
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         tokio::pin!(shutdown);
-        let Some(start) = self.retrying(|| self.projection.checkpoint(), &mut shutdown).await else {
+        let Some(start) = self
+            .retrying(|| self.projection.checkpoint(), &mut shutdown)
+            .await
+        else {
             return self.stopped();
         };
         self.status.send_modify(|s| {
@@ -191,7 +217,11 @@ impl ProjectionRunner {
             let (position, recorded_at) = (last.position, last.recorded_at_ms);
             // An attempt in progress is finished even when shutdown is requested meanwhile;
             // only the wait before a retry gives way to it.
-            if self.retrying(|| self.projection.apply(&batch), &mut shutdown).await.is_none() {
+            if self
+                .retrying(|| self.projection.apply(&batch), &mut shutdown)
+                .await
+                .is_none()
+            {
                 break;
             }
             self.status.send_modify(|s| {
@@ -237,7 +267,8 @@ impl ProjectionRunner {
     }
 
     fn stopped(&self) {
-        self.status.send_modify(|s| s.state = ProjectionState::Stopped);
+        self.status
+            .send_modify(|s| s.state = ProjectionState::Stopped);
         tracing::info!(position = %self.status.borrow().position, "projection stopped");
     }
 }

@@ -5,8 +5,9 @@ use std::collections::HashSet;
 
 use crate::events::{letter_stream, toy_stream};
 use crate::{
-    Address, Cents, ChildName, Country, Description, DomainError, Event, InvalidValue, LetterCancelled,
-    LetterId, LetterLine, LetterSubmitted, Quantity, ToyId, ToyName, ToyUpserted, MAX_LINES_PER_LETTER,
+    Address, Cents, ChildName, Country, Description, DomainError, Event, InvalidValue,
+    LetterCancelled, LetterId, LetterLine, LetterSubmitted, MAX_LINES_PER_LETTER, Quantity, ToyId,
+    ToyName, ToyUpserted,
 };
 
 /// What a command leads to.
@@ -58,17 +59,28 @@ impl SubmitLetter {
         if toys.len() > MAX_LINES_PER_LETTER {
             return Err(InvalidValue::new(
                 "toys",
-                format!("must list at most {MAX_LINES_PER_LETTER} toys, got {}", toys.len()),
+                format!(
+                    "must list at most {MAX_LINES_PER_LETTER} toys, got {}",
+                    toys.len()
+                ),
             ));
         }
         let mut seen = HashSet::new();
         if let Some((dup, _)) = toys.iter().find(|(toy, _)| !seen.insert(toy)) {
             return Err(InvalidValue::new(
                 "toys",
-                format!("toy `{dup}` is listed more than once; list each toy once with its quantity"),
+                format!(
+                    "toy `{dup}` is listed more than once; list each toy once with its quantity"
+                ),
             ));
         }
-        Ok(Self { id, child, address, country, toys })
+        Ok(Self {
+            id,
+            child,
+            address,
+            country,
+            toys,
+        })
     }
 
     pub fn id(&self) -> &LetterId {
@@ -87,7 +99,11 @@ impl SubmitLetter {
     /// (lines compared regardless of order; prices are the catalogue's, not the client's).
     fn same_content_as(&self, recorded: &LetterSubmitted) -> bool {
         let mut mine: Vec<_> = self.toys.iter().map(|(t, q)| (t, *q)).collect();
-        let mut theirs: Vec<_> = recorded.lines.iter().map(|l| (&l.toy_id, l.quantity)).collect();
+        let mut theirs: Vec<_> = recorded
+            .lines
+            .iter()
+            .map(|l| (&l.toy_id, l.quantity))
+            .collect();
         mine.sort();
         theirs.sort();
         self.child == recorded.child
@@ -180,11 +196,18 @@ impl LetterState {
             .toys
             .into_iter()
             .map(|(toy_id, quantity)| match price_of(&toy_id) {
-                Some(unit_price_cents) => Ok(LetterLine { toy_id, quantity, unit_price_cents }),
+                Some(unit_price_cents) => Ok(LetterLine {
+                    toy_id,
+                    quantity,
+                    unit_price_cents,
+                }),
                 None => Err(DomainError::UnknownToy(toy_id)),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let total_cents = lines.iter().map(|l| l.unit_price_cents.times(l.quantity)).sum();
+        let total_cents = lines
+            .iter()
+            .map(|l| l.unit_price_cents.times(l.quantity))
+            .sum();
         Ok(Decision::Append(Event::LetterSubmitted(LetterSubmitted {
             letter_id: cmd.id,
             child: cmd.child,
@@ -202,7 +225,9 @@ impl LetterState {
         if self.cancelled {
             return Err(DomainError::AlreadyCancelled(cmd.id));
         }
-        Ok(Decision::Append(Event::LetterCancelled(LetterCancelled { letter_id: cmd.id })))
+        Ok(Decision::Append(Event::LetterCancelled(LetterCancelled {
+            letter_id: cmd.id,
+        })))
     }
 }
 

@@ -12,7 +12,10 @@ pub struct InvalidValue {
 
 impl InvalidValue {
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self { field, reason: reason.into() }
+        Self {
+            field,
+            reason: reason.into(),
+        }
     }
 }
 

@@ -14,6 +14,6 @@ pub use decide::{CancelLetter, Decision, LetterState, SubmitLetter, ToyState, Up
 pub use error::{DomainError, InvalidValue};
 pub use events::{Event, LetterCancelled, LetterLine, LetterSubmitted, ToyUpserted};
 pub use values::{
-    Address, Cents, ChildName, Country, Description, LetterId, Quantity, ToyId, ToyName,
-    MAX_LINES_PER_LETTER,
+    Address, Cents, ChildName, Country, Description, LetterId, MAX_LINES_PER_LETTER, Quantity,
+    ToyId, ToyName,
 };

@@ -167,7 +167,9 @@ impl From<Quantity> for u32 {
 
 /// Money as an integer number of cents; never floating point. Prices are 0 to
 /// 100,000,000 cents; totals are sums of `quantity × price` and stay far inside `i64`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Cents(i64);
 
@@ -204,7 +206,11 @@ impl std::iter::Sum for Cents {
 fn check_length(raw: &str, min: usize, max: usize) -> Result<(), String> {
     let chars = raw.chars().count();
     if chars < min {
-        return Err(if min == 1 { "must not be empty".into() } else { format!("must be at least {min} characters") });
+        return Err(if min == 1 {
+            "must not be empty".into()
+        } else {
+            format!("must be at least {min} characters")
+        });
     }
     if chars > max {
         return Err(format!("must be at most {max} characters, got {chars}"));
@@ -215,7 +221,10 @@ fn check_length(raw: &str, min: usize, max: usize) -> Result<(), String> {
 fn plain_text(raw: String, min: usize, max: usize, line_breaks: bool) -> Result<String, String> {
     let trimmed = raw.trim();
     check_length(trimmed, min, max)?;
-    if trimmed.chars().any(|c| c.is_control() && !(line_breaks && c == '\n')) {
+    if trimmed
+        .chars()
+        .any(|c| c.is_control() && !(line_breaks && c == '\n'))
+    {
         return Err("must not contain control characters".into());
     }
     Ok(trimmed.to_owned())

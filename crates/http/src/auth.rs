@@ -50,22 +50,36 @@ impl std::fmt::Debug for Tokens {
 
 /// A malformed `SANTA_TOKENS` value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid token list: {0} (expected `token:scope+scope,token:scope`, scopes read, write, admin)")]
+#[error(
+    "invalid token list: {0} (expected `token:scope+scope,token:scope`, scopes read, write, admin)"
+)]
 pub struct TokensError(String);
 
 impl Tokens {
     /// Parses `tokenA:read,tokenB:write,tokenC:admin+read+write`.
     pub fn parse(raw: &str) -> Result<Self, TokensError> {
         let mut tokens = Vec::new();
-        for (i, entry) in raw.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
-            let (token, scopes) =
-                entry.rsplit_once(':').ok_or_else(|| TokensError(format!("entry {} has no `:scope`", i + 1)))?;
+        for (i, entry) in raw
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .enumerate()
+        {
+            let (token, scopes) = entry
+                .rsplit_once(':')
+                .ok_or_else(|| TokensError(format!("entry {} has no `:scope`", i + 1)))?;
             if token.len() < 8 {
-                return Err(TokensError(format!("entry {}: a token must be at least 8 characters", i + 1)));
+                return Err(TokensError(format!(
+                    "entry {}: a token must be at least 8 characters",
+                    i + 1
+                )));
             }
             let scopes = scopes
                 .split('+')
-                .map(|s| Scope::parse(s.trim()).ok_or_else(|| TokensError(format!("entry {}: unknown scope `{s}`", i + 1))))
+                .map(|s| {
+                    Scope::parse(s.trim())
+                        .ok_or_else(|| TokensError(format!("entry {}: unknown scope `{s}`", i + 1)))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             tokens.push((token.as_bytes().to_vec(), scopes));
         }
@@ -93,17 +107,20 @@ impl Tokens {
         if !self.is_enabled() {
             return Ok(());
         }
-        let unauthorized = |detail: &str| {
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
-        };
+        let unauthorized =
+            |detail: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail);
         let Some(value) = authorization else {
-            return Err(unauthorized("send a bearer token: `Authorization: Bearer <token>`"));
+            return Err(unauthorized(
+                "send a bearer token: `Authorization: Bearer <token>`",
+            ));
         };
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| unauthorized("the Authorization header must use the Bearer scheme"))?;
-        let scopes = self.scopes_of(token.trim().as_bytes()).ok_or_else(|| unauthorized("unknown token"))?;
+        let scopes = self
+            .scopes_of(token.trim().as_bytes())
+            .ok_or_else(|| unauthorized("unknown token"))?;
         if scopes.contains(&required) {
             Ok(())
         } else {
@@ -123,8 +140,15 @@ pub struct Guard {
     pub scope: Scope,
 }
 
-pub async fn require(State(guard): State<Guard>, request: Request, next: Next) -> Result<Response, ApiError> {
-    let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+pub async fn require(
+    State(guard): State<Guard>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     guard.tokens.authorize(authorization, guard.scope)?;
     Ok(next.run(request).await)
 }
@@ -136,11 +160,34 @@ mod tests {
     #[test]
     fn token_lists_parse_with_several_scopes() {
         let tokens = Tokens::parse("reader-123:read, admin-1234:admin+read+write").unwrap();
-        assert!(tokens.authorize(Some("Bearer reader-123"), Scope::Read).is_ok());
-        assert_eq!(tokens.authorize(Some("Bearer reader-123"), Scope::Write).unwrap_err().status(), StatusCode::FORBIDDEN);
-        assert!(tokens.authorize(Some("Bearer admin-1234"), Scope::Write).is_ok());
-        assert_eq!(tokens.authorize(None, Scope::Read).unwrap_err().status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(tokens.authorize(Some("Bearer nope-nope"), Scope::Read).unwrap_err().status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            tokens
+                .authorize(Some("Bearer reader-123"), Scope::Read)
+                .is_ok()
+        );
+        assert_eq!(
+            tokens
+                .authorize(Some("Bearer reader-123"), Scope::Write)
+                .unwrap_err()
+                .status(),
+            StatusCode::FORBIDDEN
+        );
+        assert!(
+            tokens
+                .authorize(Some("Bearer admin-1234"), Scope::Write)
+                .is_ok()
+        );
+        assert_eq!(
+            tokens.authorize(None, Scope::Read).unwrap_err().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            tokens
+                .authorize(Some("Bearer nope-nope"), Scope::Read)
+                .unwrap_err()
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     #[test]

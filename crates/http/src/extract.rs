@@ -25,21 +25,33 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::bad_request("malformed-json", format!("the body is not valid JSON: {}", inner(&e.body_text())))
-        }
-        JsonRejection::JsonDataError(e) => {
-            ApiError::bad_request("invalid-body", format!("the body does not match the schema: {}", inner(&e.body_text())))
-        }
+        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(
+            "malformed-json",
+            format!("the body is not valid JSON: {}", inner(&e.body_text())),
+        ),
+        JsonRejection::JsonDataError(e) => ApiError::bad_request(
+            "invalid-body",
+            format!(
+                "the body does not match the schema: {}",
+                inner(&e.body_text())
+            ),
+        ),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported-media-type",
             "send the body as JSON with `Content-Type: application/json`",
         ),
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "the request body exceeds the size limit")
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "the request body exceeds the size limit",
+            )
         }
-        other => ApiError::bad_request("unreadable-body", format!("the body could not be read: {}", other.body_text())),
+        other => ApiError::bad_request(
+            "unreadable-body",
+            format!("the body could not be read: {}", other.body_text()),
+        ),
     }
 }
 
@@ -75,7 +87,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
             .await
             .map(|axum::extract::Query(value)| Params(value))
             .map_err(|e: QueryRejection| {
-                ApiError::bad_request("invalid-query", format!("invalid query string: {}", inner(&e.body_text())))
+                ApiError::bad_request(
+                    "invalid-query",
+                    format!("invalid query string: {}", inner(&e.body_text())),
+                )
             })
     }
 }

@@ -53,7 +53,11 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { tokens: Tokens::default(), max_body_bytes: 64 * 1024, consistency_timeout: Duration::from_secs(2) }
+        Self {
+            tokens: Tokens::default(),
+            max_body_bytes: 64 * 1024,
+            consistency_timeout: Duration::from_secs(2),
+        }
     }
 }
 

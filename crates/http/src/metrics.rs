@@ -43,7 +43,11 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("santa");
         let commands = Family::<CommandLabels, Counter>::default();
-        registry.register("commands", "Commands by kind and outcome (accepted, rejected, failed)", commands.clone());
+        registry.register(
+            "commands",
+            "Commands by kind and outcome (accepted, rejected, failed)",
+            commands.clone(),
+        );
         let command_seconds: HistogramFamily =
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 18)));
         registry.register(
@@ -52,27 +56,52 @@ impl Default for Metrics {
             command_seconds.clone(),
         );
         let head = Gauge::default();
-        registry.register("log_head_position", "Position of the newest event in the log", head.clone());
+        registry.register(
+            "log_head_position",
+            "Position of the newest event in the log",
+            head.clone(),
+        );
         let position = Family::<ProjectionLabel, Gauge>::default();
-        registry.register("projection_position", "Position each projection has applied", position.clone());
+        registry.register(
+            "projection_position",
+            "Position each projection has applied",
+            position.clone(),
+        );
         let lag_events = Family::<ProjectionLabel, Gauge>::default();
-        registry.register("projection_lag_events", "Events in the log not yet applied", lag_events.clone());
-        let lag_seconds = Family::<ProjectionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "projection_lag_events",
+            "Events in the log not yet applied",
+            lag_events.clone(),
+        );
+        let lag_seconds =
+            Family::<ProjectionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "projection_lag_seconds",
             "Age of the newest applied event while the projection is behind",
             lag_seconds.clone(),
         );
-        Self { registry, commands, command_seconds, head, position, lag_events, lag_seconds }
+        Self {
+            registry,
+            commands,
+            command_seconds,
+            head,
+            position,
+            lag_events,
+            lag_seconds,
+        }
     }
 }
 
 impl Metrics {
     /// Records a command's outcome and, when it was acknowledged, its latency.
     pub fn command(&self, command: &'static str, outcome: &'static str, elapsed: Duration) {
-        self.commands.get_or_create(&CommandLabels { command, outcome }).inc();
+        self.commands
+            .get_or_create(&CommandLabels { command, outcome })
+            .inc();
         if outcome == "accepted" {
-            self.command_seconds.get_or_create(&CommandKind { command }).observe(elapsed.as_secs_f64());
+            self.command_seconds
+                .get_or_create(&CommandKind { command })
+                .observe(elapsed.as_secs_f64());
         }
     }
 
@@ -80,10 +109,20 @@ impl Metrics {
         self.head.set(i64::try_from(head).unwrap_or(i64::MAX));
     }
 
-    pub fn set_projection(&self, projection: &'static str, position: u64, lag_events: u64, lag_seconds: f64) {
+    pub fn set_projection(
+        &self,
+        projection: &'static str,
+        position: u64,
+        lag_events: u64,
+        lag_seconds: f64,
+    ) {
         let label = ProjectionLabel { projection };
-        self.position.get_or_create(&label).set(i64::try_from(position).unwrap_or(i64::MAX));
-        self.lag_events.get_or_create(&label).set(i64::try_from(lag_events).unwrap_or(i64::MAX));
+        self.position
+            .get_or_create(&label)
+            .set(i64::try_from(position).unwrap_or(i64::MAX));
+        self.lag_events
+            .get_or_create(&label)
+            .set(i64::try_from(lag_events).unwrap_or(i64::MAX));
         self.lag_seconds.get_or_create(&label).set(lag_seconds);
     }
 

@@ -38,7 +38,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, kind, detail: detail.into(), field: None, retry_after: None }
+        Self {
+            status,
+            kind,
+            detail: detail.into(),
+            field: None,
+            retry_after: None,
+        }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -66,11 +72,16 @@ impl ApiError {
     /// A failure whose cause must not reach the client: logged here, generic outside.
     pub fn internal(cause: &dyn std::error::Error) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server failed to handle the request")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed to handle the request",
+        )
     }
 
     fn unavailable(kind: &'static str, detail: impl Into<String>, retry: u64) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, kind, detail).retry_after(Duration::from_secs(retry))
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, kind, detail)
+            .retry_after(Duration::from_secs(retry))
     }
 }
 
@@ -86,9 +97,15 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(after) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
         }
         response
     }
@@ -96,8 +113,12 @@ impl IntoResponse for ApiError {
 
 impl From<InvalidValue> for ApiError {
     fn from(e: InvalidValue) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", format!("`{}` {}", e.field, e.reason))
-            .with_field(e.field)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            format!("`{}` {}", e.field, e.reason),
+        )
+        .with_field(e.field)
     }
 }
 
@@ -105,12 +126,19 @@ impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         match e {
             DomainError::Invalid(invalid) => invalid.into(),
-            DomainError::UnknownToy(_) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown-toy", e.to_string()).with_field("toys")
+            DomainError::UnknownToy(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-toy",
+                e.to_string(),
+            )
+            .with_field("toys"),
+            DomainError::LetterConflict(_) => {
+                Self::new(StatusCode::CONFLICT, "letter-conflict", e.to_string())
             }
-            DomainError::LetterConflict(_) => Self::new(StatusCode::CONFLICT, "letter-conflict", e.to_string()),
             DomainError::LetterNotFound(_) => Self::not_found(e.to_string()),
-            DomainError::AlreadyCancelled(_) => Self::new(StatusCode::CONFLICT, "already-cancelled", e.to_string()),
+            DomainError::AlreadyCancelled(_) => {
+                Self::new(StatusCode::CONFLICT, "already-cancelled", e.to_string())
+            }
         }
     }
 }
@@ -123,12 +151,18 @@ impl From<LogError> for ApiError {
                 "concurrent-update",
                 "another command changed the same item at the same time; retry the request",
             ),
-            LogError::Overloaded => {
-                Self::unavailable("overloaded", "the event log is busy; retry after the indicated delay", 1)
-            }
+            LogError::Overloaded => Self::unavailable(
+                "overloaded",
+                "the event log is busy; retry after the indicated delay",
+                1,
+            ),
             LogError::Unavailable(ref cause) => {
                 tracing::warn!(%cause, "event log unavailable");
-                Self::unavailable("log-unavailable", "the event log cannot make commands durable right now", 5)
+                Self::unavailable(
+                    "log-unavailable",
+                    "the event log cannot make commands durable right now",
+                    5,
+                )
             }
             LogError::Corrupt(_) => Self::internal(&e),
         }
@@ -150,7 +184,11 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Unavailable(ref cause) => {
                 tracing::warn!(%cause, "read store unavailable");
-                Self::unavailable("store-unavailable", "the read store is unavailable right now", 2)
+                Self::unavailable(
+                    "store-unavailable",
+                    "the read store is unavailable right now",
+                    2,
+                )
             }
             StoreError::Corrupt(_) => Self::internal(&e),
         }

@@ -4,8 +4,8 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use santa_domain::{
-    Address, Cents, ChildName, Country, Description, InvalidValue, LetterId, Quantity, SubmitLetter, ToyId, ToyName,
-    UpsertToy,
+    Address, Cents, ChildName, Country, Description, InvalidValue, LetterId, Quantity,
+    SubmitLetter, ToyId, ToyName, UpsertToy,
 };
 use santa_workshop::letters::{LetterStatus, LetterView, ToyLetter, ToyView};
 use serde::{Deserialize, Serialize};
@@ -41,11 +41,19 @@ impl UpsertToyRequest {
 #[serde(deny_unknown_fields)]
 pub struct SubmitLetterRequest {
     /// Client-chosen id; generated when absent.
-    #[schema(example = "letter-0001", max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    #[schema(
+        example = "letter-0001",
+        max_length = 64,
+        pattern = "^[A-Za-z0-9._-]{1,64}$"
+    )]
     pub id: Option<String>,
     #[schema(example = "Ada", min_length = 1, max_length = 100)]
     pub child: String,
-    #[schema(example = "12 Analytical Way, London", min_length = 1, max_length = 500)]
+    #[schema(
+        example = "12 Analytical Way, London",
+        min_length = 1,
+        max_length = 500
+    )]
     pub address: String,
     /// ISO 3166-1 alpha-2.
     #[schema(example = "GB", pattern = "^[A-Za-z]{2}$")]
@@ -172,7 +180,10 @@ impl From<ToyView> for ToyResponse {
             name: t.name,
             description: t.description,
             price_cents: t.price_cents,
-            demand: DemandResponse { total_quantity: t.requested_quantity, letter_count: t.letter_count },
+            demand: DemandResponse {
+                total_quantity: t.requested_quantity,
+                letter_count: t.letter_count,
+            },
         }
     }
 }
@@ -202,7 +213,11 @@ pub struct ToyLetterResponse {
 
 impl From<ToyLetter> for ToyLetterResponse {
     fn from(l: ToyLetter) -> Self {
-        Self { letter_id: l.letter_id, child: l.child, quantity: l.quantity }
+        Self {
+            letter_id: l.letter_id,
+            child: l.child,
+            quantity: l.quantity,
+        }
     }
 }
 

@@ -31,15 +31,22 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.check()?;
         let dir = &settings.data_dir;
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
-        let options = SqliteLogOptions { queue: settings.append_queue, ..SqliteLogOptions::default() };
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        let options = SqliteLogOptions {
+            queue: settings.append_queue,
+            ..SqliteLogOptions::default()
+        };
         let log: Arc<dyn EventLog> = Arc::new(SqliteEventLog::open(dir, options)?);
         let kv = Arc::new(SqliteKvStore::open(dir)?);
         let analytics = Arc::new(SqliteAnalyticsStore::open(dir)?);
 
         let runners = vec![
             ProjectionRunner::new(log.clone(), Arc::new(LettersProjection::new(kv.clone()))),
-            ProjectionRunner::new(log.clone(), Arc::new(AnalyticsProjection::new(analytics.clone()))),
+            ProjectionRunner::new(
+                log.clone(),
+                Arc::new(AnalyticsProjection::new(analytics.clone())),
+            ),
         ];
         let state = AppState {
             commands: CommandService::new(log),
@@ -53,9 +60,16 @@ impl Application {
                 consistency_timeout: settings.consistency_timeout,
             },
         };
-        let listener = TcpListener::bind(settings.addr).await.with_context(|| format!("cannot listen on {}", settings.addr))?;
+        let listener = TcpListener::bind(settings.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.addr))?;
         let addr = listener.local_addr()?;
-        Ok(Self { listener, router: santa_http::router(state), runners, addr })
+        Ok(Self {
+            listener,
+            router: santa_http::router(state),
+            runners,
+            addr,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -65,7 +79,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
     /// finish, lets each projector finish its batch, and returns.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move || {
             let mut rx = stop_rx.clone();

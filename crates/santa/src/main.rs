@@ -10,7 +10,11 @@ use santa::{Application, Settings, telemetry};
 use santa_http::Tokens;
 
 #[derive(Debug, Parser)]
-#[command(name = "santa", version, about = "Santa's Workshop: a CQRS service for letters to Santa")]
+#[command(
+    name = "santa",
+    version,
+    about = "Santa's Workshop: a CQRS service for letters to Santa"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,7 +81,10 @@ async fn seed(args: SeedArgs) -> anyhow::Result<()> {
     if let Some(token) = args.token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.with_context(|| format!("cannot reach {url}; is `santa serve` running?"))?;
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}; is `santa serve` running?"))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     anyhow::ensure!(status.is_success(), "seeding failed with {status}: {body}");

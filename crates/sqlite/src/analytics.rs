@@ -5,7 +5,9 @@ use std::path::Path;
 use async_trait::async_trait;
 use rusqlite::{Connection, TransactionBehavior, params};
 use santa_cqrs::{Position, ProjectionError};
-use santa_workshop::analytics::{AnalyticsChange, AnalyticsStore, LetterRow, ToyDemand, Totals, NAME};
+use santa_workshop::analytics::{
+    AnalyticsChange, AnalyticsStore, LetterRow, NAME, Totals, ToyDemand,
+};
 use santa_workshop::kv::StoreError;
 
 use crate::OpenError;
@@ -45,13 +47,19 @@ pub struct SqliteAnalyticsStore {
 
 impl SqliteAnalyticsStore {
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
-        Ok(Self { db: Db::open(&dir.join("analytics.db"), Durability::Normal, MIGRATIONS)? })
+        Ok(Self {
+            db: Db::open(&dir.join("analytics.db"), Durability::Normal, MIGRATIONS)?,
+        })
     }
 }
 
 fn apply_change(conn: &Connection, change: &AnalyticsChange) -> rusqlite::Result<()> {
     match change {
-        AnalyticsChange::UpsertToy { id, name, price_cents } => {
+        AnalyticsChange::UpsertToy {
+            id,
+            name,
+            price_cents,
+        } => {
             conn.prepare_cached(
                 "INSERT INTO toys (id, name, price_cents) VALUES (?1, ?2, ?3)
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents",
@@ -91,7 +99,14 @@ fn insert_letter(conn: &Connection, letter: &LetterRow) -> rusqlite::Result<()> 
 
 fn totals(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<Totals>> {
     conn.prepare_cached(sql)?
-        .query_map([], |r| Ok(Totals { key: r.get(0)?, letters: r.get(1)?, quantity: r.get(2)?, total_cents: r.get(3)? }))?
+        .query_map([], |r| {
+            Ok(Totals {
+                key: r.get(0)?,
+                letters: r.get(1)?,
+                quantity: r.get(2)?,
+                total_cents: r.get(3)?,
+            })
+        })?
         .collect()
 }
 
@@ -101,10 +116,15 @@ impl AnalyticsStore for SqliteAnalyticsStore {
         self.db.read(|conn| read_checkpoint(conn, NAME)).await
     }
 
-    async fn apply(&self, changes: Vec<(Position, AnalyticsChange)>) -> Result<(), ProjectionError> {
+    async fn apply(
+        &self,
+        changes: Vec<(Position, AnalyticsChange)>,
+    ) -> Result<(), ProjectionError> {
         self.db
             .write(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(store_error)?;
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(store_error)?;
                 let checkpoint = read_checkpoint(&tx, NAME).map_err(store_error)?;
                 let mut last = None;
                 for (position, change) in changes.iter().filter(|(p, _)| *p > checkpoint) {

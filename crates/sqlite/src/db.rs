@@ -20,9 +20,18 @@ pub(crate) enum Durability {
 }
 
 /// Opens a connection with the project's pragmas and brings the schema up to date.
-pub(crate) fn open(path: &Path, durability: Durability, migrations: &[&str]) -> Result<Connection, OpenError> {
-    let fail = |source| OpenError::Sqlite { path: path.display().to_string(), source };
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+pub(crate) fn open(
+    path: &Path,
+    durability: Durability,
+    migrations: &[&str],
+) -> Result<Connection, OpenError> {
+    let fail = |source| OpenError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags).map_err(fail)?;
     let synchronous = match durability {
         Durability::Full => "FULL",
@@ -59,12 +68,20 @@ pub(crate) struct Db {
 const READERS: usize = 4;
 
 impl Db {
-    pub(crate) fn open(path: &Path, durability: Durability, migrations: &[&str]) -> Result<Self, OpenError> {
+    pub(crate) fn open(
+        path: &Path,
+        durability: Durability,
+        migrations: &[&str],
+    ) -> Result<Self, OpenError> {
         let writer = open(path, durability, migrations)?;
         let readers = (0..READERS)
             .map(|_| open(path, durability, migrations).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers: readers.into(), next_reader: Arc::default() })
+        Ok(Self {
+            writer: Arc::new(Mutex::new(writer)),
+            readers: readers.into(),
+            next_reader: Arc::default(),
+        })
     }
 
     /// Runs `f` on a reader connection in the blocking pool.
@@ -95,7 +112,10 @@ impl Db {
 impl Db {
     /// Runs `f` on the writer connection on the calling thread (which must not be an
     /// async worker).
-    pub(crate) fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    pub(crate) fn with_writer<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
         f(&mut lock(&self.writer))
     }
 }

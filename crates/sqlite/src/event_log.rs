@@ -40,7 +40,10 @@ pub struct SqliteLogOptions {
 
 impl Default for SqliteLogOptions {
     fn default() -> Self {
-        Self { queue: 4096, max_group: 512 }
+        Self {
+            queue: 4096,
+            max_group: 512,
+        }
     }
 }
 
@@ -65,11 +68,22 @@ impl SqliteEventLog {
     pub fn open(dir: &Path, options: SqliteLogOptions) -> Result<Self, OpenError> {
         let db = Db::open(&dir.join("events.db"), Durability::Full, MIGRATIONS)?;
         let start = db
-            .with_writer(|conn| conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get(0)))
-            .map_err(|source| OpenError::Sqlite { path: dir.join("events.db").display().to_string(), source })?;
+            .with_writer(|conn| {
+                conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
+                    r.get(0)
+                })
+            })
+            .map_err(|source| OpenError::Sqlite {
+                path: dir.join("events.db").display().to_string(),
+                source,
+            })?;
         let (head_tx, head) = watch::channel(Position::new(start));
         let (appends, queue) = mpsc::channel(options.queue.max(1));
-        let writer = Writer { db: db.clone(), head: head_tx, max_group: options.max_group.max(1) };
+        let writer = Writer {
+            db: db.clone(),
+            head: head_tx,
+            max_group: options.max_group.max(1),
+        };
         std::thread::Builder::new()
             .name("santa-log-writer".into())
             .spawn(move || writer.run(queue))
@@ -80,34 +94,56 @@ impl SqliteEventLog {
 
 #[async_trait]
 impl EventLog for SqliteEventLog {
-    async fn append(&self, stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Result<Position, LogError> {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Position, LogError> {
         let (reply, answer) = oneshot::channel();
-        let append = Append { stream: stream.to_owned(), expected, events, reply };
+        let append = Append {
+            stream: stream.to_owned(),
+            expected,
+            events,
+            reply,
+        };
         self.appends.try_send(append).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => LogError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => LogError::Unavailable("the log writer has stopped".into()),
+            mpsc::error::TrySendError::Closed(_) => {
+                LogError::Unavailable("the log writer has stopped".into())
+            }
         })?;
-        answer.await.map_err(|_| LogError::Unavailable("the log writer stopped before answering".into()))?
+        answer
+            .await
+            .map_err(|_| LogError::Unavailable("the log writer stopped before answering".into()))?
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, LogError> {
         let stream = stream.to_owned();
         self.db
             .read(move |conn| {
-                let mut stmt = conn.prepare_cached(&format!("{SELECT} WHERE stream = ?1 ORDER BY version"))?;
+                let mut stmt =
+                    conn.prepare_cached(&format!("{SELECT} WHERE stream = ?1 ORDER BY version"))?;
                 stmt.query_map([stream], row_to_event)?.collect()
             })
             .await
             .map_err(|e| LogError::Unavailable(e.to_string()))
     }
 
-    async fn read_all(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, LogError> {
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
         let after = i64::try_from(after.get()).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db
             .read(move |conn| {
-                let mut stmt = conn.prepare_cached(&format!("{SELECT} WHERE position > ?1 ORDER BY position LIMIT ?2"))?;
-                stmt.query_map(params![after, limit], row_to_event)?.collect()
+                let mut stmt = conn.prepare_cached(&format!(
+                    "{SELECT} WHERE position > ?1 ORDER BY position LIMIT ?2"
+                ))?;
+                stmt.query_map(params![after, limit], row_to_event)?
+                    .collect()
             })
             .await
             .map_err(|e| LogError::Unavailable(e.to_string()))
@@ -122,8 +158,7 @@ impl EventLog for SqliteEventLog {
     }
 }
 
-const SELECT: &str =
-    "SELECT position, stream, version, event_id, event_type, schema_version, recorded_at_ms, data FROM events";
+const SELECT: &str = "SELECT position, stream, version, event_id, event_type, schema_version, recorded_at_ms, data FROM events";
 
 fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<RecordedEvent> {
     Ok(RecordedEvent {
@@ -171,7 +206,9 @@ impl Writer {
                 Err(error) => {
                     tracing::error!(%error, appends = group.len(), "event log commit failed");
                     for append in group.drain(..) {
-                        let _ = append.reply.send(Err(LogError::Unavailable(error.to_string())));
+                        let _ = append
+                            .reply
+                            .send(Err(LogError::Unavailable(error.to_string())));
                     }
                 }
             }
@@ -188,12 +225,27 @@ fn commit_group(
     group: &[Append],
     head: Position,
 ) -> rusqlite::Result<(Vec<Result<Position, LogError>>, Position)> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut next = head.get();
     let mut results = Vec::with_capacity(group.len());
     for append in group {
         let sp = tx.savepoint()?;
+        // Appending events whose ids are already in the log is a repeat: answer with the
+        // position they were given the first time and write nothing.
+        if let Some(last) = append.events.last() {
+            let known: Option<u64> = sp
+                .prepare_cached("SELECT position FROM events WHERE event_id = ?1")?
+                .query_row([&last.event_id], |r| r.get(0))
+                .optional()?;
+            if let Some(position) = known {
+                results.push(Ok(Position::new(position)));
+                continue;
+            }
+        }
         let actual: u64 = sp
             .prepare_cached("SELECT MAX(version) FROM events WHERE stream = ?1")?
             .query_row([&append.stream], |r| r.get::<_, Option<u64>>(0))
@@ -203,7 +255,11 @@ fn commit_group(
         if let ExpectedVersion::Exactly(expected) = append.expected
             && expected != actual
         {
-            results.push(Err(LogError::Conflict { stream: append.stream.clone(), expected, actual }));
+            results.push(Err(LogError::Conflict {
+                stream: append.stream.clone(),
+                expected,
+                actual,
+            }));
             continue;
         }
         let mut position = next;
@@ -237,14 +293,16 @@ fn commit_group(
                 next = position;
                 results.push(Ok(Position::new(position)));
             }
-            Err(rusqlite::Error::SqliteFailure(e, msg)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(rusqlite::Error::SqliteFailure(e, msg))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                // Only a partly repeated batch of event ids gets here; refuse it whole.
                 drop(sp);
-                results.push(Err(LogError::Conflict {
-                    stream: append.stream.clone(),
-                    expected: actual,
-                    actual: u64::MAX.min(actual + 1),
-                }));
-                tracing::warn!(stream = %append.stream, error = ?msg, "append refused by a constraint");
+                let detail = msg.unwrap_or_else(|| "constraint violation".into());
+                results.push(Err(LogError::Corrupt(format!(
+                    "append to `{}` refused: {detail}",
+                    append.stream
+                ))));
             }
             Err(error) => return Err(error),
         }

@@ -31,14 +31,22 @@ pub struct SqliteKvStore {
 
 impl SqliteKvStore {
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
-        Ok(Self { db: Db::open(&dir.join("read.db"), Durability::Normal, MIGRATIONS)? })
+        Ok(Self {
+            db: Db::open(&dir.join("read.db"), Durability::Normal, MIGRATIONS)?,
+        })
     }
 }
 
 const ITEM: &str = "SELECT pk, sk, gsi1pk, gsi1sk, data FROM items";
 
 fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
-    Ok(Item { pk: row.get(0)?, sk: row.get(1)?, gsi1pk: row.get(2)?, gsi1sk: row.get(3)?, data: row.get(4)? })
+    Ok(Item {
+        pk: row.get(0)?,
+        sk: row.get(1)?,
+        gsi1pk: row.get(2)?,
+        gsi1sk: row.get(3)?,
+        data: row.get(4)?,
+    })
 }
 
 pub(crate) fn read_checkpoint(conn: &Connection, projection: &str) -> rusqlite::Result<Position> {
@@ -49,7 +57,11 @@ pub(crate) fn read_checkpoint(conn: &Connection, projection: &str) -> rusqlite::
     Ok(Position::new(position.unwrap_or(0)))
 }
 
-pub(crate) fn write_checkpoint(conn: &Connection, projection: &str, position: Position) -> rusqlite::Result<()> {
+pub(crate) fn write_checkpoint(
+    conn: &Connection,
+    projection: &str,
+    position: Position,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO checkpoints (projection, position) VALUES (?1, ?2)
          ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
@@ -88,23 +100,36 @@ impl KvWrite for Tx<'_> {
 }
 
 fn get(conn: &Connection, pk: &str, sk: &str) -> rusqlite::Result<Option<Item>> {
-    conn.prepare_cached(&format!("{ITEM} WHERE pk = ?1 AND sk = ?2"))?.query_row([pk, sk], row_to_item).optional()
+    conn.prepare_cached(&format!("{ITEM} WHERE pk = ?1 AND sk = ?2"))?
+        .query_row([pk, sk], row_to_item)
+        .optional()
 }
 
 #[async_trait]
 impl KvStore for SqliteKvStore {
     async fn checkpoint(&self, projection: &str) -> Result<Position, StoreError> {
         let projection = projection.to_owned();
-        self.db.read(move |conn| read_checkpoint(conn, &projection)).await
+        self.db
+            .read(move |conn| read_checkpoint(conn, &projection))
+            .await
     }
 
-    async fn apply(&self, projection: &'static str, events: Vec<Envelope>, apply: KvApply) -> Result<(), ProjectionError> {
+    async fn apply(
+        &self,
+        projection: &'static str,
+        events: Vec<Envelope>,
+        apply: KvApply,
+    ) -> Result<(), ProjectionError> {
         self.db
             .write(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(store_error)?;
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(store_error)?;
                 let checkpoint = read_checkpoint(&tx, projection).map_err(store_error)?;
                 let fresh: Vec<_> = events.iter().filter(|e| e.position > checkpoint).collect();
-                let Some(last) = fresh.last() else { return Ok(()) };
+                let Some(last) = fresh.last() else {
+                    return Ok(());
+                };
                 for envelope in &fresh {
                     apply(&mut Tx(&tx), envelope)?;
                 }
@@ -126,13 +151,21 @@ impl KvStore for SqliteKvStore {
             .read(move |conn| {
                 // `sk >= prefix AND sk < prefix || U+10FFFF` keeps the primary-key range scan.
                 let upper = format!("{prefix}\u{10FFFF}");
-                let mut stmt = conn.prepare_cached(&format!("{ITEM} WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 ORDER BY sk"))?;
-                stmt.query_map(params![pk, prefix, upper], row_to_item)?.collect()
+                let mut stmt = conn.prepare_cached(&format!(
+                    "{ITEM} WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 ORDER BY sk"
+                ))?;
+                stmt.query_map(params![pk, prefix, upper], row_to_item)?
+                    .collect()
             })
             .await
     }
 
-    async fn query_index(&self, gsi1pk: &str, after: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError> {
+    async fn query_index(
+        &self,
+        gsi1pk: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
         let (gsi1pk, after) = (gsi1pk.to_owned(), after.unwrap_or("").to_owned());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db
@@ -140,7 +173,8 @@ impl KvStore for SqliteKvStore {
                 let mut stmt = conn.prepare_cached(&format!(
                     "{ITEM} WHERE gsi1pk = ?1 AND gsi1sk > ?2 ORDER BY gsi1sk LIMIT ?3"
                 ))?;
-                stmt.query_map(params![gsi1pk, after, limit], row_to_item)?.collect()
+                stmt.query_map(params![gsi1pk, after, limit], row_to_item)?
+                    .collect()
             })
             .await
     }

@@ -1,4 +1,5 @@
 //! The SQLite adapters against the kernel's contracts and the projections' expectations.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 use std::sync::Arc;
 
@@ -13,6 +14,12 @@ fn log(dir: &tempfile::TempDir) -> Arc<dyn EventLog> {
 async fn the_sqlite_log_checks_expected_versions() {
     let dir = tempfile::tempdir().unwrap();
     contract::appends_check_the_expected_version(log(&dir)).await;
+}
+
+#[tokio::test]
+async fn the_sqlite_log_does_not_write_a_repeated_event_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::repeated_event_ids_are_not_written_twice(log(&dir)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,12 +38,26 @@ async fn the_sqlite_log_serves_catch_up_then_live_subscriptions() {
 async fn the_sqlite_log_keeps_everything_across_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let first = log(&dir);
-    let position = first.append("keep", ExpectedVersion::Exactly(0), vec![contract::event("k")]).await.unwrap();
+    let position = first
+        .append(
+            "keep",
+            ExpectedVersion::Exactly(0),
+            vec![contract::event("k")],
+        )
+        .await
+        .unwrap();
     drop(first);
     let reopened = log(&dir);
     assert_eq!(reopened.head().await.unwrap(), position);
     assert_eq!(reopened.read_stream("keep").await.unwrap().len(), 1);
-    let next = reopened.append("keep", ExpectedVersion::Exactly(1), vec![contract::event("k2")]).await.unwrap();
+    let next = reopened
+        .append(
+            "keep",
+            ExpectedVersion::Exactly(1),
+            vec![contract::event("k2")],
+        )
+        .await
+        .unwrap();
     assert_eq!(next, position.next());
 }
 
@@ -55,7 +76,12 @@ mod projections {
         let log = log(&dir);
         let commands = CommandService::new(log.clone());
         santa_workshop::seed::seed(&commands).await.unwrap();
-        commands.cancel_letter(CancelLetter { id: LetterId::parse("demo-linus").unwrap() }).await.unwrap();
+        commands
+            .cancel_letter(CancelLetter {
+                id: LetterId::parse("demo-linus").unwrap(),
+            })
+            .await
+            .unwrap();
         let kv = Arc::new(SqliteKvStore::open(dir.path()).unwrap());
         let analytics = Arc::new(SqliteAnalyticsStore::open(dir.path()).unwrap());
         let letters = LettersProjection::new(kv.clone());
@@ -72,16 +98,32 @@ mod projections {
 
         let queries = LettersQueries::new(kv);
         let bear = queries.toy("teddy-bear").await.unwrap().unwrap();
-        assert_eq!((bear.requested_quantity, bear.letter_count), (2, 1), "Linus's cancelled bear is not counted");
+        assert_eq!(
+            (bear.requested_quantity, bear.letter_count),
+            (2, 1),
+            "Linus's cancelled bear is not counted"
+        );
 
         let demand = analytics.toy_demand(10).await.unwrap();
         let top = &demand[0];
-        assert_eq!((top.toy_id.as_str(), top.quantity, top.letters), ("rubiks-cube", 3, 2));
-        assert!(demand.iter().all(|d| d.toy_id != "lego-castle"), "only cancelled letters asked for it");
+        assert_eq!(
+            (top.toy_id.as_str(), top.quantity, top.letters),
+            ("rubiks-cube", 3, 2)
+        );
+        assert!(
+            demand.iter().all(|d| d.toy_id != "lego-castle"),
+            "only cancelled letters asked for it"
+        );
         let countries = analytics.totals_by_country().await.unwrap();
         let gb = countries.iter().find(|t| t.key == "GB").unwrap();
-        assert_eq!((gb.letters, gb.quantity, gb.total_cents), (2, 3 + 4, 12900 + 2 * 1299 + 1299 + 3 * 799));
-        assert!(countries.iter().all(|t| t.key != "FI"), "the only Finnish letter was cancelled");
+        assert_eq!(
+            (gb.letters, gb.quantity, gb.total_cents),
+            (2, 3 + 4, 12900 + 2 * 1299 + 1299 + 3 * 799)
+        );
+        assert!(
+            countries.iter().all(|t| t.key != "FI"),
+            "the only Finnish letter was cancelled"
+        );
         let days = analytics.totals_by_day().await.unwrap();
         assert_eq!(days.iter().map(|d| d.letters).sum::<i64>(), 4);
         assert_eq!(days[0].key.len(), "2026-12-24".len());

@@ -19,9 +19,16 @@ pub const NAME: &str = "analytics";
 /// A row-level change derived from one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnalyticsChange {
-    UpsertToy { id: String, name: String, price_cents: i64 },
+    UpsertToy {
+        id: String,
+        name: String,
+        price_cents: i64,
+    },
     InsertLetter(LetterRow),
-    CancelLetter { id: String, at_ms: Millis },
+    CancelLetter {
+        id: String,
+        at_ms: Millis,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +74,8 @@ pub trait AnalyticsStore: Send + Sync + Debug + 'static {
 
     /// In one transaction: applies the changes above the checkpoint and moves it to the
     /// last one.
-    async fn apply(&self, changes: Vec<(Position, AnalyticsChange)>) -> Result<(), ProjectionError>;
+    async fn apply(&self, changes: Vec<(Position, AnalyticsChange)>)
+    -> Result<(), ProjectionError>;
 
     /// Toys by quantity requested, most wanted first.
     async fn toy_demand(&self, limit: usize) -> Result<Vec<ToyDemand>, StoreError>;
@@ -103,9 +111,10 @@ pub fn change_for(envelope: &Envelope) -> AnalyticsChange {
                 })
                 .collect(),
         }),
-        Event::LetterCancelled(e) => {
-            AnalyticsChange::CancelLetter { id: e.letter_id.to_string(), at_ms: envelope.recorded_at_ms }
-        }
+        Event::LetterCancelled(e) => AnalyticsChange::CancelLetter {
+            id: e.letter_id.to_string(),
+            at_ms: envelope.recorded_at_ms,
+        },
     }
 }
 
@@ -132,7 +141,10 @@ impl Projection for AnalyticsProjection {
     }
 
     async fn apply(&self, batch: &[RecordedEvent]) -> Result<(), ProjectionError> {
-        let changes = decode_batch(batch)?.iter().map(|e| (e.position, change_for(e))).collect();
+        let changes = decode_batch(batch)?
+            .iter()
+            .map(|e| (e.position, change_for(e)))
+            .collect();
         self.store.apply(changes).await
     }
 }

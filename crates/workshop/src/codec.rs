@@ -51,7 +51,10 @@ pub fn decode(recorded: &RecordedEvent) -> Result<Envelope, DecodeError> {
         reason,
     };
     if recorded.schema_version != Event::SCHEMA_VERSION {
-        return Err(fail(format!("unsupported schema version (this build reads v{})", Event::SCHEMA_VERSION)));
+        return Err(fail(format!(
+            "unsupported schema version (this build reads v{})",
+            Event::SCHEMA_VERSION
+        )));
     }
     let data = &recorded.data;
     let event = match recorded.event_type.as_str() {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use santa_cqrs::{EventLog, ExpectedVersion, LogError, Position, RecordedEvent};
 use santa_domain::{
-    CancelLetter, Cents, Decision, DomainError, Event, LetterState, SubmitLetter, ToyId, ToyState, UpsertToy,
+    CancelLetter, Cents, Decision, DomainError, Event, LetterState, SubmitLetter, ToyId, ToyState,
+    UpsertToy,
 };
 
 use crate::codec::{self, DecodeError};
@@ -74,7 +75,10 @@ impl CommandService {
                 let first = events.first().map(|e| e.0);
                 let prices = self.prices(cmd.toys().iter().map(|(toy, _)| toy)).await?;
                 let decision = state.decide_submit(cmd, |toy| {
-                    prices.iter().find(|(id, _)| id == toy).and_then(|(_, price)| *price)
+                    prices
+                        .iter()
+                        .find(|(id, _)| id == toy)
+                        .and_then(|(_, price)| *price)
                 })?;
                 Ok((decision, first))
             }
@@ -98,13 +102,21 @@ impl CommandService {
     /// The history of one stream, decoded.
     pub async fn history(&self, stream: &str) -> Result<Vec<codec::Envelope>, CommandError> {
         let recorded = self.log.read_stream(stream).await?;
-        Ok(recorded.iter().map(codec::decode).collect::<Result<_, _>>()?)
+        Ok(recorded
+            .iter()
+            .map(codec::decode)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Loads `stream`, lets `decide` choose, and appends at the loaded version; decides
     /// again when another writer got there first. `decide` returns the decision and, for
     /// an idempotent repeat, the position to acknowledge again.
-    async fn decide_and_append<F, Fut>(&self, stream: &str, id: String, decide: F) -> Result<Accepted, CommandError>
+    async fn decide_and_append<F, Fut>(
+        &self,
+        stream: &str,
+        id: String,
+        decide: F,
+    ) -> Result<Accepted, CommandError>
     where
         F: Fn(Vec<(Position, Event)>) -> Fut,
         Fut: Future<Output = Result<(Decision, Option<Position>), CommandError>>,
@@ -117,12 +129,32 @@ impl CommandService {
             let events = decode_all(&recorded)?;
             match decide(events).await? {
                 (Decision::Unchanged, repeat) => {
-                    let position = repeat.or(recorded.last().map(|e| e.position)).unwrap_or(Position::ZERO);
-                    return Ok(Accepted { id, position, created: false });
+                    let position = repeat
+                        .or(recorded.last().map(|e| e.position))
+                        .unwrap_or(Position::ZERO);
+                    return Ok(Accepted {
+                        id,
+                        position,
+                        created: false,
+                    });
                 }
                 (Decision::Append(event), _) => {
-                    match self.log.append(stream, ExpectedVersion::Exactly(version), vec![codec::encode(&event)]).await {
-                        Ok(position) => return Ok(Accepted { id, position, created: true }),
+                    match self
+                        .log
+                        .append(
+                            stream,
+                            ExpectedVersion::Exactly(version),
+                            vec![codec::encode(&event)],
+                        )
+                        .await
+                    {
+                        Ok(position) => {
+                            return Ok(Accepted {
+                                id,
+                                position,
+                                created: true,
+                            });
+                        }
                         Err(LogError::Conflict { .. }) if attempt < MAX_ATTEMPTS => continue,
                         Err(error) => return Err(error.into()),
                     }
@@ -140,7 +172,9 @@ impl CommandService {
         for toy in toys {
             let recorded = self.log.read_stream(&format!("toy-{toy}")).await?;
             let mut state = ToyState::default();
-            decode_all(&recorded)?.iter().for_each(|e| state.apply(&e.1));
+            decode_all(&recorded)?
+                .iter()
+                .for_each(|e| state.apply(&e.1));
             prices.push((toy.clone(), state.price()));
         }
         Ok(prices)
@@ -148,5 +182,8 @@ impl CommandService {
 }
 
 fn decode_all(recorded: &[RecordedEvent]) -> Result<Vec<(Position, Event)>, DecodeError> {
-    recorded.iter().map(|r| codec::decode(r).map(|e| (e.position, e.event))).collect()
+    recorded
+        .iter()
+        .map(|r| codec::decode(r).map(|e| (e.position, e.event)))
+        .collect()
 }

@@ -52,8 +52,12 @@ pub trait KvStore: Send + Sync + Debug + 'static {
 
     /// In one transaction: applies, with `apply`, every event above the projection's
     /// checkpoint, then moves the checkpoint to the last event.
-    async fn apply(&self, projection: &'static str, events: Vec<Envelope>, apply: KvApply)
-    -> Result<(), ProjectionError>;
+    async fn apply(
+        &self,
+        projection: &'static str,
+        events: Vec<Envelope>,
+        apply: KvApply,
+    ) -> Result<(), ProjectionError>;
 
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError>;
 
@@ -62,7 +66,12 @@ pub trait KvStore: Send + Sync + Debug + 'static {
 
     /// Up to `limit` items of an index partition with index sort key above `after`, in
     /// index sort-key order.
-    async fn query_index(&self, gsi1pk: &str, after: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError>;
+    async fn query_index(
+        &self,
+        gsi1pk: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError>;
 }
 
 /// An in-memory [`KvStore`]: the reference implementation, for tests.
@@ -95,7 +104,9 @@ impl KvWrite for MemoryTable {
 
 impl MemoryKvStore {
     fn table(&self) -> std::sync::MutexGuard<'_, MemoryTable> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Every item, in key order: for tests that compare whole tables.
@@ -107,7 +118,12 @@ impl MemoryKvStore {
 #[async_trait]
 impl KvStore for MemoryKvStore {
     async fn checkpoint(&self, projection: &str) -> Result<Position, StoreError> {
-        Ok(self.table().checkpoints.get(projection).copied().unwrap_or_default())
+        Ok(self
+            .table()
+            .checkpoints
+            .get(projection)
+            .copied()
+            .unwrap_or_default())
     }
 
     async fn apply(
@@ -119,10 +135,16 @@ impl KvStore for MemoryKvStore {
         let mut table = self.table();
         // All or nothing: work on a copy, keep it only if every event applied.
         let mut draft = table.clone();
-        let checkpoint = draft.checkpoints.get(projection).copied().unwrap_or_default();
+        let checkpoint = draft
+            .checkpoints
+            .get(projection)
+            .copied()
+            .unwrap_or_default();
         for envelope in events.iter().filter(|e| e.position > checkpoint) {
             apply(&mut draft, envelope)?;
-            draft.checkpoints.insert(projection.to_owned(), envelope.position);
+            draft
+                .checkpoints
+                .insert(projection.to_owned(), envelope.position);
         }
         *table = draft;
         Ok(())
@@ -133,10 +155,21 @@ impl KvStore for MemoryKvStore {
     }
 
     async fn query(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {
-        Ok(self.table().items.values().filter(|i| i.pk == pk && i.sk.starts_with(sk_prefix)).cloned().collect())
+        Ok(self
+            .table()
+            .items
+            .values()
+            .filter(|i| i.pk == pk && i.sk.starts_with(sk_prefix))
+            .cloned()
+            .collect())
     }
 
-    async fn query_index(&self, gsi1pk: &str, after: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError> {
+    async fn query_index(
+        &self,
+        gsi1pk: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
         let mut hits: Vec<Item> = self
             .table()
             .items

@@ -104,7 +104,9 @@ impl Projection for LettersProjection {
     }
 
     async fn apply(&self, batch: &[RecordedEvent]) -> Result<(), ProjectionError> {
-        self.store.apply(NAME, decode_batch(batch)?, apply_event).await
+        self.store
+            .apply(NAME, decode_batch(batch)?, apply_event)
+            .await
     }
 }
 
@@ -112,7 +114,12 @@ impl Projection for LettersProjection {
 pub(crate) fn decode_batch(batch: &[RecordedEvent]) -> Result<Vec<Envelope>, ProjectionError> {
     batch
         .iter()
-        .map(|r| codec::decode(r).map_err(|e| ProjectionError::Event { position: e.position, reason: e.to_string() }))
+        .map(|r| {
+            codec::decode(r).map_err(|e| ProjectionError::Event {
+                position: e.position,
+                reason: e.to_string(),
+            })
+        })
         .collect()
 }
 
@@ -136,7 +143,11 @@ fn upsert_toy(tx: &mut dyn KvWrite, e: &ToyUpserted) -> Result<(), StoreError> {
     tx.put(toy_item(&toy)?)
 }
 
-fn submit_letter(tx: &mut dyn KvWrite, e: &LetterSubmitted, envelope: &Envelope) -> Result<(), StoreError> {
+fn submit_letter(
+    tx: &mut dyn KvWrite,
+    e: &LetterSubmitted,
+    envelope: &Envelope,
+) -> Result<(), StoreError> {
     let id = e.letter_id.as_str();
     if tx.get(&letter_pk(id), META)?.is_some() {
         return Ok(());
@@ -162,7 +173,11 @@ fn submit_letter(tx: &mut dyn KvWrite, e: &LetterSubmitted, envelope: &Envelope)
         position: envelope.position.get(),
     };
     for line in &letter.lines {
-        let entry = ToyLetter { letter_id: letter.id.clone(), child: letter.child.clone(), quantity: line.quantity };
+        let entry = ToyLetter {
+            letter_id: letter.id.clone(),
+            child: letter.child.clone(),
+            quantity: line.quantity,
+        };
         tx.put(Item {
             pk: letter_pk(id),
             sk: format!("LINE#{}", line.toy_id),
@@ -175,9 +190,15 @@ fn submit_letter(tx: &mut dyn KvWrite, e: &LetterSubmitted, envelope: &Envelope)
     tx.put(letter_item(&letter)?)
 }
 
-fn cancel_letter(tx: &mut dyn KvWrite, e: &LetterCancelled, envelope: &Envelope) -> Result<(), StoreError> {
+fn cancel_letter(
+    tx: &mut dyn KvWrite,
+    e: &LetterCancelled,
+    envelope: &Envelope,
+) -> Result<(), StoreError> {
     let id = e.letter_id.as_str();
-    let Some(item) = tx.get(&letter_pk(id), META)? else { return Ok(()) };
+    let Some(item) = tx.get(&letter_pk(id), META)? else {
+        return Ok(());
+    };
     let mut letter: LetterView = from_json(&item)?;
     if letter.status == LetterStatus::Cancelled {
         return Ok(());
@@ -192,7 +213,12 @@ fn cancel_letter(tx: &mut dyn KvWrite, e: &LetterCancelled, envelope: &Envelope)
     tx.put(letter_item(&letter)?)
 }
 
-fn adjust_demand(tx: &mut dyn KvWrite, toy_id: &str, quantity: i64, letters: i64) -> Result<(), StoreError> {
+fn adjust_demand(
+    tx: &mut dyn KvWrite,
+    toy_id: &str,
+    quantity: i64,
+    letters: i64,
+) -> Result<(), StoreError> {
     let mut toy = load_toy(tx, toy_id)?;
     toy.requested_quantity = toy.requested_quantity.saturating_add_signed(quantity);
     toy.letter_count = toy.letter_count.saturating_add_signed(letters);
@@ -230,20 +256,36 @@ impl LettersQueries {
     }
 
     pub async fn letter(&self, id: &str) -> Result<Option<LetterView>, StoreError> {
-        self.store.get(&letter_pk(id), META).await?.map(|item| from_json(&item)).transpose()
+        self.store
+            .get(&letter_pk(id), META)
+            .await?
+            .map(|item| from_json(&item))
+            .transpose()
     }
 
     /// Letters in id order, `limit` at a time, starting after the cursor `after`.
-    pub async fn letters(&self, after: Option<&str>, limit: usize) -> Result<Page<LetterView>, StoreError> {
+    pub async fn letters(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<LetterView>, StoreError> {
         let items = self.store.query_index(LETTERS, after, limit + 1).await?;
         page(items, limit, |l: &LetterView| l.id.clone())
     }
 
     pub async fn toy(&self, id: &str) -> Result<Option<ToyView>, StoreError> {
-        self.store.get(&toy_pk(id), META).await?.map(|item| from_json(&item)).transpose()
+        self.store
+            .get(&toy_pk(id), META)
+            .await?
+            .map(|item| from_json(&item))
+            .transpose()
     }
 
-    pub async fn toys(&self, after: Option<&str>, limit: usize) -> Result<Page<ToyView>, StoreError> {
+    pub async fn toys(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ToyView>, StoreError> {
         let items = self.store.query_index(TOYS, after, limit + 1).await?;
         page(items, limit, |t: &ToyView| t.id.clone())
     }
@@ -255,10 +297,18 @@ impl LettersQueries {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Option<(ToyView, Page<ToyLetter>)>, StoreError> {
-        let Some(toy) = self.toy(id).await? else { return Ok(None) };
+        let Some(toy) = self.toy(id).await? else {
+            return Ok(None);
+        };
         let after = after.map(|a| format!("LETTER#{a}"));
-        let items = self.store.query_index(&toy_pk(id), after.as_deref(), limit + 1).await?;
-        Ok(Some((toy, page(items, limit, |l: &ToyLetter| l.letter_id.clone())?)))
+        let items = self
+            .store
+            .query_index(&toy_pk(id), after.as_deref(), limit + 1)
+            .await?;
+        Ok(Some((
+            toy,
+            page(items, limit, |l: &ToyLetter| l.letter_id.clone())?,
+        )))
     }
 }
 
@@ -314,7 +364,8 @@ fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
-    serde_json::from_str(&item.data).map_err(|e| StoreError::Corrupt(format!("{}/{}: {e}", item.pk, item.sk)))
+    serde_json::from_str(&item.data)
+        .map_err(|e| StoreError::Corrupt(format!("{}/{}: {e}", item.pk, item.sk)))
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@ fn letter(id: &str, toys: &[(&str, i64)]) -> SubmitLetter {
         ChildName::parse("Ada").unwrap(),
         Address::parse("1 Snow Lane").unwrap(),
         Some(Country::parse("FI").unwrap()),
-        toys.iter().map(|(t, q)| (ToyId::parse(*t).unwrap(), Quantity::parse(*q).unwrap())).collect(),
+        toys.iter()
+            .map(|(t, q)| (ToyId::parse(*t).unwrap(), Quantity::parse(*q).unwrap()))
+            .collect(),
     )
     .unwrap()
 }
@@ -41,15 +43,25 @@ fn given_letter(events: &[Event]) -> LetterState {
     state
 }
 
-fn when_submitted(toys: &[Event], history: &[Event], cmd: SubmitLetter) -> Result<Decision, DomainError> {
+fn when_submitted(
+    toys: &[Event],
+    history: &[Event],
+    cmd: SubmitLetter,
+) -> Result<Decision, DomainError> {
     let cat = catalogue(toys);
     given_letter(history).decide_submit(cmd, |id| cat.get(id).and_then(ToyState::price))
 }
 
 #[test]
 fn a_letter_records_unit_prices_and_the_total() {
-    let then = when_submitted(&[toy("kite", 1250), toy("yo-yo", 300)], &[], letter("l1", &[("kite", 2), ("yo-yo", 3)]));
-    let Ok(Decision::Append(Event::LetterSubmitted(e))) = then else { panic!("expected a submission, got {then:?}") };
+    let then = when_submitted(
+        &[toy("kite", 1250), toy("yo-yo", 300)],
+        &[],
+        letter("l1", &[("kite", 2), ("yo-yo", 3)]),
+    );
+    let Ok(Decision::Append(Event::LetterSubmitted(e))) = then else {
+        panic!("expected a submission, got {then:?}")
+    };
     assert_eq!(e.total_cents.get(), 2 * 1250 + 3 * 300);
     assert_eq!(e.lines[0].unit_price_cents.get(), 1250);
     assert_eq!(e.lines[1].quantity.get(), 3);
@@ -57,14 +69,23 @@ fn a_letter_records_unit_prices_and_the_total() {
 
 #[test]
 fn a_letter_with_an_unknown_toy_is_rejected() {
-    let then = when_submitted(&[toy("kite", 100)], &[], letter("l1", &[("kite", 1), ("pony", 1)]));
-    assert_eq!(then, Err(DomainError::UnknownToy(ToyId::parse("pony").unwrap())));
+    let then = when_submitted(
+        &[toy("kite", 100)],
+        &[],
+        letter("l1", &[("kite", 1), ("pony", 1)]),
+    );
+    assert_eq!(
+        then,
+        Err(DomainError::UnknownToy(ToyId::parse("pony").unwrap()))
+    );
 }
 
 #[test]
 fn resubmitting_identical_content_is_an_idempotent_repeat() {
     let toys = [toy("kite", 100), toy("yo-yo", 5)];
-    let Ok(Decision::Append(first)) = when_submitted(&toys, &[], letter("l1", &[("kite", 1), ("yo-yo", 2)])) else {
+    let Ok(Decision::Append(first)) =
+        when_submitted(&toys, &[], letter("l1", &[("kite", 1), ("yo-yo", 2)]))
+    else {
         panic!("first submission must be recorded")
     };
     let again = when_submitted(&toys, &[first], letter("l1", &[("yo-yo", 2), ("kite", 1)]));
@@ -74,24 +95,36 @@ fn resubmitting_identical_content_is_an_idempotent_repeat() {
 #[test]
 fn different_content_under_a_used_id_is_a_conflict() {
     let toys = [toy("kite", 100)];
-    let Ok(Decision::Append(first)) = when_submitted(&toys, &[], letter("l1", &[("kite", 1)])) else {
+    let Ok(Decision::Append(first)) = when_submitted(&toys, &[], letter("l1", &[("kite", 1)]))
+    else {
         panic!("first submission must be recorded")
     };
     let then = when_submitted(&toys, &[first], letter("l1", &[("kite", 2)]));
-    assert_eq!(then, Err(DomainError::LetterConflict(LetterId::parse("l1").unwrap())));
+    assert_eq!(
+        then,
+        Err(DomainError::LetterConflict(LetterId::parse("l1").unwrap()))
+    );
 }
 
 #[test]
 fn a_letter_can_be_cancelled_once() {
     let toys = [toy("kite", 100)];
-    let Ok(Decision::Append(submitted)) = when_submitted(&toys, &[], letter("l1", &[("kite", 1)])) else {
+    let Ok(Decision::Append(submitted)) = when_submitted(&toys, &[], letter("l1", &[("kite", 1)]))
+    else {
         panic!("submission must be recorded")
     };
     let id = LetterId::parse("l1").unwrap();
     let cancel = || CancelLetter { id: id.clone() };
     let then = given_letter(std::slice::from_ref(&submitted)).decide_cancel(cancel());
-    let Ok(Decision::Append(cancelled)) = then else { panic!("cancel must be recorded, got {then:?}") };
-    assert_eq!(cancelled, Event::LetterCancelled(LetterCancelled { letter_id: id.clone() }));
+    let Ok(Decision::Append(cancelled)) = then else {
+        panic!("cancel must be recorded, got {then:?}")
+    };
+    assert_eq!(
+        cancelled,
+        Event::LetterCancelled(LetterCancelled {
+            letter_id: id.clone()
+        })
+    );
     let again = given_letter(&[submitted, cancelled]).decide_cancel(cancel());
     assert_eq!(again, Err(DomainError::AlreadyCancelled(id)));
 }
@@ -99,7 +132,10 @@ fn a_letter_can_be_cancelled_once() {
 #[test]
 fn cancelling_a_letter_that_does_not_exist_is_not_found() {
     let id = LetterId::parse("nope").unwrap();
-    assert_eq!(given_letter(&[]).decide_cancel(CancelLetter { id: id.clone() }), Err(DomainError::LetterNotFound(id)));
+    assert_eq!(
+        given_letter(&[]).decide_cancel(CancelLetter { id: id.clone() }),
+        Err(DomainError::LetterNotFound(id))
+    );
 }
 
 #[test]
@@ -110,12 +146,21 @@ fn a_letter_must_list_toys_once_each_and_at_least_one() {
             ChildName::parse("Ada").unwrap(),
             Address::parse("x").unwrap(),
             None,
-            toys.into_iter().map(|(t, q)| (ToyId::parse(t).unwrap(), Quantity::parse(q).unwrap())).collect(),
+            toys.into_iter()
+                .map(|(t, q)| (ToyId::parse(t).unwrap(), Quantity::parse(q).unwrap()))
+                .collect(),
         )
     };
     assert_eq!(make(vec![]).unwrap_err().field, "toys");
-    assert!(make(vec![("kite", 1), ("kite", 2)]).unwrap_err().reason.contains("more than once"));
-    let many: Vec<String> = (0..=MAX_LINES_PER_LETTER).map(|i| format!("t{i}")).collect();
+    assert!(
+        make(vec![("kite", 1), ("kite", 2)])
+            .unwrap_err()
+            .reason
+            .contains("more than once")
+    );
+    let many: Vec<String> = (0..=MAX_LINES_PER_LETTER)
+        .map(|i| format!("t{i}"))
+        .collect();
     assert!(make(many.iter().map(|t| (t.as_str(), 1)).collect()).is_err());
 }
 
@@ -128,7 +173,9 @@ fn upserting_an_unchanged_toy_records_nothing() {
         description: Description::parse("").unwrap(),
         price: Cents::price(100).unwrap(),
     };
-    let Decision::Append(event) = state.decide(cmd()) else { panic!("a new toy must be recorded") };
+    let Decision::Append(event) = state.decide(cmd()) else {
+        panic!("a new toy must be recorded")
+    };
     state.apply(&event);
     assert_eq!(state.decide(cmd()), Decision::Unchanged);
     assert_eq!(state.price(), Some(Cents::price(100).unwrap()));
@@ -137,11 +184,17 @@ fn upserting_an_unchanged_toy_records_nothing() {
 #[test]
 fn a_price_change_does_not_alter_a_submitted_letter() {
     let toys = [toy("kite", 100), toy("kite", 900)];
-    let Ok(Decision::Append(Event::LetterSubmitted(e))) = when_submitted(&toys[..1], &[], letter("l1", &[("kite", 1)]))
+    let Ok(Decision::Append(Event::LetterSubmitted(e))) =
+        when_submitted(&toys[..1], &[], letter("l1", &[("kite", 1)]))
     else {
         panic!("submission must be recorded")
     };
     let later = given_letter(&[Event::LetterSubmitted(e.clone()), toys[1].clone()]);
-    assert_eq!(later.decide_submit(letter("l1", &[("kite", 1)]), |_| Some(Cents::price(900).unwrap())), Ok(Decision::Unchanged));
+    assert_eq!(
+        later.decide_submit(letter("l1", &[("kite", 1)]), |_| Some(
+            Cents::price(900).unwrap()
+        )),
+        Ok(Decision::Unchanged)
+    );
     assert_eq!(e.total_cents.get(), 100);
 }

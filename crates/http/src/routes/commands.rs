@@ -27,8 +27,15 @@ pub(crate) async fn upsert_toy(
     Body(body): Body<UpsertToyRequest>,
 ) -> CommandResult {
     let started = Instant::now();
-    let cmd = body.into_command(id).map_err(|e| state.rejected("upsert_toy", e.into()))?;
-    accepted(&state, "upsert_toy", started, state.commands.upsert_toy(cmd).await)
+    let cmd = body
+        .into_command(id)
+        .map_err(|e| state.rejected("upsert_toy", e.into()))?;
+    accepted(
+        &state,
+        "upsert_toy",
+        started,
+        state.commands.upsert_toy(cmd).await,
+    )
 }
 
 /// Submit a letter to Santa.
@@ -45,11 +52,20 @@ pub(crate) async fn submit_letter(
 ) -> CommandResult {
     let started = Instant::now();
     let id = match headers.get("idempotency-key") {
-        Some(key) => idempotent_id(key.as_bytes()).map_err(|e| state.rejected("submit_letter", e))?,
+        Some(key) => {
+            idempotent_id(key.as_bytes()).map_err(|e| state.rejected("submit_letter", e))?
+        }
         None => uuid::Uuid::new_v4().to_string(),
     };
-    let cmd = body.into_command(id).map_err(|e| state.rejected("submit_letter", e.into()))?;
-    accepted(&state, "submit_letter", started, state.commands.submit_letter(cmd).await)
+    let cmd = body
+        .into_command(id)
+        .map_err(|e| state.rejected("submit_letter", e.into()))?;
+    accepted(
+        &state,
+        "submit_letter",
+        started,
+        state.commands.submit_letter(cmd).await,
+    )
 }
 
 /// Cancel a letter.
@@ -57,18 +73,29 @@ pub(crate) async fn submit_letter(
     params(("id" = String, Path, description = "Letter id")),
     responses((status = 202, body = AcceptedResponse), (status = "4XX", body = Problem), (status = 503, body = Problem)),
     security(("bearer" = ["write"])))]
-pub(crate) async fn cancel_letter(State(state): State<AppState>, PathId(id): PathId) -> CommandResult {
+pub(crate) async fn cancel_letter(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> CommandResult {
     let started = Instant::now();
     let id = LetterId::parse(id).map_err(|e| state.rejected("cancel_letter", e.into()))?;
-    accepted(&state, "cancel_letter", started, state.commands.cancel_letter(CancelLetter { id }).await)
+    accepted(
+        &state,
+        "cancel_letter",
+        started,
+        state.commands.cancel_letter(CancelLetter { id }).await,
+    )
 }
 
 /// The letter id an `Idempotency-Key` stands for: the same key always names the same
 /// letter, so a retried submission is an idempotent repeat.
 fn idempotent_id(key: &[u8]) -> Result<String, ApiError> {
     if key.is_empty() || key.len() > 200 {
-        return Err(ApiError::bad_request("invalid-header", "`Idempotency-Key` must be 1 to 200 bytes")
-            .with_field("Idempotency-Key"));
+        return Err(ApiError::bad_request(
+            "invalid-header",
+            "`Idempotency-Key` must be 1 to 200 bytes",
+        )
+        .with_field("Idempotency-Key"));
     }
     Ok(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key).to_string())
 }
@@ -81,8 +108,16 @@ fn accepted(
 ) -> CommandResult {
     match result {
         Ok(accepted) => {
-            state.metrics.command(command, "accepted", started.elapsed());
-            Ok((StatusCode::ACCEPTED, Json(AcceptedResponse { id: accepted.id, position: accepted.position.get() })))
+            state
+                .metrics
+                .command(command, "accepted", started.elapsed());
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(AcceptedResponse {
+                    id: accepted.id,
+                    position: accepted.position.get(),
+                }),
+            ))
         }
         Err(error) => Err(state.rejected(command, error.into())),
     }
@@ -91,8 +126,13 @@ fn accepted(
 impl AppState {
     /// Counts a refused command and passes its error on.
     fn rejected(&self, command: &'static str, error: ApiError) -> ApiError {
-        let outcome = if error.status().is_server_error() { "failed" } else { "rejected" };
-        self.metrics.command(command, outcome, std::time::Duration::ZERO);
+        let outcome = if error.status().is_server_error() {
+            "failed"
+        } else {
+            "rejected"
+        };
+        self.metrics
+            .command(command, outcome, std::time::Duration::ZERO);
         error
     }
 }

@@ -15,11 +15,17 @@ use crate::auth::{Guard, Scope, require};
 use crate::problem::ApiError;
 
 pub(crate) fn router(state: AppState) -> Router {
-    let guard = |scope| Guard { tokens: state.settings.tokens.clone(), scope };
+    let guard = |scope| Guard {
+        tokens: state.settings.tokens.clone(),
+        scope,
+    };
     let write = Router::new()
         .route("/toys/{id}", put(commands::upsert_toy))
         .route("/letters", post(commands::submit_letter))
-        .route("/letters/{id}", axum::routing::delete(commands::cancel_letter))
+        .route(
+            "/letters/{id}",
+            axum::routing::delete(commands::cancel_letter),
+        )
         .route_layer(from_fn_with_state(guard(Scope::Write), require));
     let read = Router::new()
         .route("/toys", get(queries::list_toys))
@@ -38,7 +44,9 @@ pub(crate) fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/seed", post(ops::seed))
         .route_layer(from_fn_with_state(guard(Scope::Admin), require));
-    let open = Router::new().route("/healthz", get(ops::healthz)).route("/readyz", get(ops::readyz));
+    let open = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz));
     Router::new()
         .merge(write)
         .merge(read)
@@ -54,7 +62,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this endpoint does not accept that method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this endpoint does not accept that method",
+    )
 }
 
 impl AppState {
@@ -64,11 +76,15 @@ impl AppState {
 
     /// Read-your-writes: with `?after=P`, waits (bounded) until `projection` has applied
     /// P, or answers that it is still behind.
-    pub(crate) async fn consistent(&self, projection: &str, after: Option<&str>) -> Result<(), ApiError> {
+    pub(crate) async fn consistent(
+        &self,
+        projection: &str,
+        after: Option<&str>,
+    ) -> Result<(), ApiError> {
         let Some(raw) = after else { return Ok(()) };
-        let position: Position = raw
-            .parse()
-            .map_err(|e: santa_cqrs::InvalidPosition| ApiError::bad_request("invalid-position", e.to_string()).with_field("after"))?;
+        let position: Position = raw.parse().map_err(|e: santa_cqrs::InvalidPosition| {
+            ApiError::bad_request("invalid-position", e.to_string()).with_field("after")
+        })?;
         let head = self.commands.log().head().await?;
         if position > head {
             return Err(ApiError::bad_request(
@@ -78,7 +94,9 @@ impl AppState {
             .with_field("after"));
         }
         let Some(handle) = self.projection(projection) else {
-            return Err(ApiError::internal(&UnknownProjection(projection.to_owned())));
+            return Err(ApiError::internal(&UnknownProjection(
+                projection.to_owned(),
+            )));
         };
         let timeout = self.settings.consistency_timeout;
         if handle.wait_for(position, timeout).await {
@@ -105,7 +123,10 @@ pub(crate) fn limit(raw: Option<u32>) -> Result<usize, ApiError> {
     match raw {
         None => Ok(50),
         Some(n @ 1..=500) => Ok(n as usize),
-        Some(n) => Err(ApiError::bad_request("invalid-query", format!("`limit` must be between 1 and 500, got {n}"))
-            .with_field("limit")),
+        Some(n) => Err(ApiError::bad_request(
+            "invalid-query",
+            format!("`limit` must be between 1 and 500, got {n}"),
+        )
+        .with_field("limit")),
     }
 }

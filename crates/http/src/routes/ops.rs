@@ -10,7 +10,9 @@ use santa_cqrs::ProjectionState;
 
 use crate::AppState;
 use crate::problem::{ApiError, Problem};
-use crate::wire::{AcceptedResponse, HealthResponse, ProjectionStatusResponse, ProjectionsResponse, SeedResponse};
+use crate::wire::{
+    AcceptedResponse, HealthResponse, ProjectionStatusResponse, ProjectionsResponse, SeedResponse,
+};
 
 /// Liveness: the process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = HealthResponse)))]
@@ -21,11 +23,17 @@ pub(crate) async fn healthz() -> Json<HealthResponse> {
 /// Readiness: the log and the read stores answer, and every projection has started.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = HealthResponse), (status = 503, body = Problem)))]
-pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<HealthResponse>, ApiError> {
+pub(crate) async fn readyz(
+    State(state): State<AppState>,
+) -> Result<Json<HealthResponse>, ApiError> {
     state.commands.log().head().await?;
     state.letters.checkpoint().await?;
     state.analytics.checkpoint().await?;
-    if let Some(p) = state.projections.iter().find(|p| p.status().state == ProjectionState::Starting) {
+    if let Some(p) = state
+        .projections
+        .iter()
+        .find(|p| p.status().state == ProjectionState::Starting)
+    {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not-ready",
@@ -39,13 +47,17 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<HealthR
 /// Each projection's position, lag and state.
 #[utoipa::path(get, path = "/admin/projections", tag = "operations",
     responses((status = 200, body = ProjectionsResponse)), security(("bearer" = ["read"])))]
-pub(crate) async fn projections(State(state): State<AppState>) -> Result<Json<ProjectionsResponse>, ApiError> {
+pub(crate) async fn projections(
+    State(state): State<AppState>,
+) -> Result<Json<ProjectionsResponse>, ApiError> {
     Ok(Json(projection_report(&state).await?))
 }
 
 async fn projection_report(state: &AppState) -> Result<ProjectionsResponse, ApiError> {
     let head = state.commands.log().head().await?.get();
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     let projections = state
         .projections
         .iter()
@@ -78,7 +90,9 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     let report = projection_report(&state).await?;
     state.metrics.set_head(report.head);
     for p in &report.projections {
-        state.metrics.set_projection(p.name, p.position, p.lag_events, p.lag_seconds);
+        state
+            .metrics
+            .set_projection(p.name, p.position, p.lag_events, p.lag_seconds);
     }
     let text = state.metrics.encode().map_err(|e| ApiError::internal(&e))?;
     let mut response = text.into_response();
@@ -95,7 +109,10 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     security(("bearer" = ["read"])))]
 pub(crate) async fn openapi() -> Response {
     let mut response = crate::openapi_json().into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -105,7 +122,10 @@ pub(crate) async fn openapi() -> Response {
     security(("bearer" = ["admin"])))]
 pub(crate) async fn seed(State(state): State<AppState>) -> Result<Json<SeedResponse>, ApiError> {
     let seeded = santa_workshop::seed::seed(&state.commands).await?;
-    let wire = |a: santa_workshop::Accepted| AcceptedResponse { id: a.id, position: a.position.get() };
+    let wire = |a: santa_workshop::Accepted| AcceptedResponse {
+        id: a.id,
+        position: a.position.get(),
+    };
     Ok(Json(SeedResponse {
         toys: seeded.toys.into_iter().map(wire).collect(),
         letters: seeded.letters.into_iter().map(wire).collect(),

@@ -11,9 +11,9 @@ use crate::AppState;
 use crate::extract::{Params, PathId};
 use crate::problem::{ApiError, Problem};
 use crate::wire::{
-    ConsistencyParams, CountryReport, CountryRow, DayReport, DayRow, HistoryEvent, HistoryResponse, LetterPage,
-    LetterResponse, PageParams, ReportParams, ToyDemandReport, ToyDemandRow, ToyLettersResponse, ToyPage,
-    ToyResponse, rfc3339,
+    ConsistencyParams, CountryReport, CountryRow, DayReport, DayRow, HistoryEvent, HistoryResponse,
+    LetterPage, LetterResponse, PageParams, ReportParams, ToyDemandReport, ToyDemandRow,
+    ToyLettersResponse, ToyPage, ToyResponse, rfc3339,
 };
 
 type Answer<T> = Result<Json<T>, ApiError>;
@@ -22,10 +22,19 @@ type Answer<T> = Result<Json<T>, ApiError>;
 #[utoipa::path(get, path = "/toys", tag = "queries", params(PageParams),
     responses((status = 200, body = ToyPage), (status = "4XX", body = Problem), (status = 503, body = Problem)),
     security(("bearer" = ["read"])))]
-pub(crate) async fn list_toys(State(state): State<AppState>, Params(p): Params<PageParams>) -> Answer<ToyPage> {
+pub(crate) async fn list_toys(
+    State(state): State<AppState>,
+    Params(p): Params<PageParams>,
+) -> Answer<ToyPage> {
     state.consistent(letters::NAME, p.after.as_deref()).await?;
-    let page = state.letters.toys(p.cursor.as_deref(), limit(p.limit)?).await?;
-    Ok(Json(ToyPage { toys: page.items.into_iter().map(Into::into).collect(), next: page.next }))
+    let page = state
+        .letters
+        .toys(p.cursor.as_deref(), limit(p.limit)?)
+        .await?;
+    Ok(Json(ToyPage {
+        toys: page.items.into_iter().map(Into::into).collect(),
+        next: page.next,
+    }))
 }
 
 /// One toy and the demand for it.
@@ -40,7 +49,11 @@ pub(crate) async fn get_toy(
 ) -> Answer<ToyResponse> {
     let id = ToyId::parse(id)?;
     state.consistent(letters::NAME, p.after.as_deref()).await?;
-    let toy = state.letters.toy(id.as_str()).await?.ok_or_else(|| ApiError::not_found(format!("toy `{id}` does not exist")))?;
+    let toy = state
+        .letters
+        .toy(id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("toy `{id}` does not exist")))?;
     Ok(Json(toy.into()))
 }
 
@@ -74,10 +87,19 @@ pub(crate) async fn toy_letters(
 #[utoipa::path(get, path = "/letters", tag = "queries", params(PageParams),
     responses((status = 200, body = LetterPage), (status = "4XX", body = Problem), (status = 503, body = Problem)),
     security(("bearer" = ["read"])))]
-pub(crate) async fn list_letters(State(state): State<AppState>, Params(p): Params<PageParams>) -> Answer<LetterPage> {
+pub(crate) async fn list_letters(
+    State(state): State<AppState>,
+    Params(p): Params<PageParams>,
+) -> Answer<LetterPage> {
     state.consistent(letters::NAME, p.after.as_deref()).await?;
-    let page = state.letters.letters(p.cursor.as_deref(), limit(p.limit)?).await?;
-    Ok(Json(LetterPage { letters: page.items.into_iter().map(Into::into).collect(), next: page.next }))
+    let page = state
+        .letters
+        .letters(p.cursor.as_deref(), limit(p.limit)?)
+        .await?;
+    Ok(Json(LetterPage {
+        letters: page.items.into_iter().map(Into::into).collect(),
+        next: page.next,
+    }))
 }
 
 /// One letter: lines, unit prices, total and status.
@@ -92,8 +114,11 @@ pub(crate) async fn get_letter(
 ) -> Answer<LetterResponse> {
     let id = LetterId::parse(id)?;
     state.consistent(letters::NAME, p.after.as_deref()).await?;
-    let letter =
-        state.letters.letter(id.as_str()).await?.ok_or_else(|| ApiError::not_found(format!("letter `{id}` does not exist")))?;
+    let letter = state
+        .letters
+        .letter(id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("letter `{id}` does not exist")))?;
     Ok(Json(letter.into()))
 }
 
@@ -110,8 +135,9 @@ pub(crate) async fn letter_history(
     let id = LetterId::parse(id)?;
     if let Some(raw) = p.after.as_deref() {
         // The log is always at least as new as any position it issued; only the format matters.
-        raw.parse::<santa_cqrs::Position>()
-            .map_err(|e| ApiError::bad_request("invalid-position", e.to_string()).with_field("after"))?;
+        raw.parse::<santa_cqrs::Position>().map_err(|e| {
+            ApiError::bad_request("invalid-position", e.to_string()).with_field("after")
+        })?;
     }
     let history = state.commands.history(&format!("letter-{id}")).await?;
     if history.is_empty() {
@@ -127,7 +153,10 @@ pub(crate) async fn letter_history(
             data: event_data(&e.event),
         })
         .collect();
-    Ok(Json(HistoryResponse { letter_id: id.to_string(), events }))
+    Ok(Json(HistoryResponse {
+        letter_id: id.to_string(),
+        events,
+    }))
 }
 
 /// The wire form of an event in a history.
@@ -157,8 +186,13 @@ fn event_data(event: &Event) -> serde_json::Value {
 #[utoipa::path(get, path = "/analytics/toys", tag = "analytics", params(ReportParams),
     responses((status = 200, body = ToyDemandReport), (status = "4XX", body = Problem)),
     security(("bearer" = ["read"])))]
-pub(crate) async fn toy_demand(State(state): State<AppState>, Params(p): Params<ReportParams>) -> Answer<ToyDemandReport> {
-    state.consistent(analytics::NAME, p.after.as_deref()).await?;
+pub(crate) async fn toy_demand(
+    State(state): State<AppState>,
+    Params(p): Params<ReportParams>,
+) -> Answer<ToyDemandReport> {
+    state
+        .consistent(analytics::NAME, p.after.as_deref())
+        .await?;
     let rows = state.analytics.toy_demand(limit(p.limit)?).await?;
     Ok(Json(ToyDemandReport {
         toys: rows
@@ -182,7 +216,9 @@ pub(crate) async fn totals_by_country(
     State(state): State<AppState>,
     Params(p): Params<ConsistencyParams>,
 ) -> Answer<CountryReport> {
-    state.consistent(analytics::NAME, p.after.as_deref()).await?;
+    state
+        .consistent(analytics::NAME, p.after.as_deref())
+        .await?;
     let rows = state.analytics.totals_by_country().await?;
     Ok(Json(CountryReport {
         countries: rows
@@ -201,13 +237,23 @@ pub(crate) async fn totals_by_country(
 #[utoipa::path(get, path = "/analytics/days", tag = "analytics", params(ConsistencyParams),
     responses((status = 200, body = DayReport), (status = "4XX", body = Problem)),
     security(("bearer" = ["read"])))]
-pub(crate) async fn totals_by_day(State(state): State<AppState>, Params(p): Params<ConsistencyParams>) -> Answer<DayReport> {
-    state.consistent(analytics::NAME, p.after.as_deref()).await?;
+pub(crate) async fn totals_by_day(
+    State(state): State<AppState>,
+    Params(p): Params<ConsistencyParams>,
+) -> Answer<DayReport> {
+    state
+        .consistent(analytics::NAME, p.after.as_deref())
+        .await?;
     let rows = state.analytics.totals_by_day().await?;
     Ok(Json(DayReport {
         days: rows
             .into_iter()
-            .map(|r| DayRow { day: r.key, letter_count: r.letters, total_quantity: r.quantity, total_cents: r.total_cents })
+            .map(|r| DayRow {
+                day: r.key,
+                letter_count: r.letters,
+                total_quantity: r.quantity,
+                total_cents: r.total_cents,
+            })
             .collect(),
     }))
 }

@@ -1,1 +1,10 @@
+//! The HTTP API end to end: a real server on port 0 with a fresh data directory per test.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
+mod auth;
+mod commands;
+mod concurrency;
+mod errors;
+mod helpers;
+mod lifecycle;
+mod queries;

@@ -44,16 +44,33 @@ async fn submitted_letters_become_a_letter_item_index_lines_and_toy_demand() {
     crate::seed::seed(&f.commands).await.unwrap();
     f.project(Position::ZERO).await;
 
-    let ada = f.queries.letter("demo-ada").await.unwrap().expect("letter projected");
+    let ada = f
+        .queries
+        .letter("demo-ada")
+        .await
+        .unwrap()
+        .expect("letter projected");
     assert_eq!(ada.status, LetterStatus::Submitted);
     assert_eq!(ada.total_cents, 12900 + 2 * 1299);
     assert_eq!(ada.lines.len(), 2);
 
-    let (cube, letters) = f.queries.toy_letters("rubiks-cube", None, 10).await.unwrap().expect("toy projected");
+    let (cube, letters) = f
+        .queries
+        .toy_letters("rubiks-cube", None, 10)
+        .await
+        .unwrap()
+        .expect("toy projected");
     assert_eq!((cube.requested_quantity, cube.letter_count), (3, 2));
     let ids: Vec<_> = letters.items.iter().map(|l| l.letter_id.as_str()).collect();
     assert_eq!(ids, ["demo-ada", "demo-alan"]);
-    assert_eq!(letters.items.iter().map(|l| u64::from(l.quantity)).sum::<u64>(), cube.requested_quantity);
+    assert_eq!(
+        letters
+            .items
+            .iter()
+            .map(|l| u64::from(l.quantity))
+            .sum::<u64>(),
+        cube.requested_quantity
+    );
 }
 
 #[tokio::test]
@@ -62,29 +79,50 @@ async fn a_cancelled_letter_leaves_the_index_and_the_demand_counters() {
     crate::seed::seed(&f.commands).await.unwrap();
     f.project(Position::ZERO).await;
     let before = f.log.head().await.unwrap();
-    f.commands.cancel_letter(CancelLetter { id: LetterId::parse("demo-ada").unwrap() }).await.unwrap();
+    f.commands
+        .cancel_letter(CancelLetter {
+            id: LetterId::parse("demo-ada").unwrap(),
+        })
+        .await
+        .unwrap();
     f.project(before).await;
 
     let ada = f.queries.letter("demo-ada").await.unwrap().unwrap();
     assert_eq!(ada.status, LetterStatus::Cancelled);
     assert!(ada.cancelled_at_ms.is_some());
-    let (cube, letters) = f.queries.toy_letters("rubiks-cube", None, 10).await.unwrap().unwrap();
+    let (cube, letters) = f
+        .queries
+        .toy_letters("rubiks-cube", None, 10)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((cube.requested_quantity, cube.letter_count), (1, 1));
     assert_eq!(letters.items.len(), 1);
     let telescope = f.queries.toy("telescope").await.unwrap().unwrap();
-    assert_eq!((telescope.requested_quantity, telescope.letter_count), (1, 1));
+    assert_eq!(
+        (telescope.requested_quantity, telescope.letter_count),
+        (1, 1)
+    );
 }
 
 #[tokio::test]
 async fn replaying_the_same_batch_twice_changes_nothing() {
     let f = fixture();
     crate::seed::seed(&f.commands).await.unwrap();
-    f.commands.cancel_letter(CancelLetter { id: LetterId::parse("demo-alan").unwrap() }).await.unwrap();
+    f.commands
+        .cancel_letter(CancelLetter {
+            id: LetterId::parse("demo-alan").unwrap(),
+        })
+        .await
+        .unwrap();
     f.project(Position::ZERO).await;
     let once = f.store.items();
     f.project(Position::ZERO).await;
     assert_eq!(f.store.items(), once);
-    assert_eq!(f.projection.checkpoint().await.unwrap(), f.log.head().await.unwrap());
+    assert_eq!(
+        f.projection.checkpoint().await.unwrap(),
+        f.log.head().await.unwrap()
+    );
 }
 
 #[tokio::test]
@@ -97,7 +135,12 @@ async fn letters_are_listed_a_page_at_a_time() {
     let second = f.queries.letters(first.next.as_deref(), 3).await.unwrap();
     assert_eq!(second.items.len(), 2);
     assert_eq!(second.next, None);
-    let mut all: Vec<_> = first.items.iter().chain(&second.items).map(|l| l.id.clone()).collect();
+    let mut all: Vec<_> = first
+        .items
+        .iter()
+        .chain(&second.items)
+        .map(|l| l.id.clone())
+        .collect();
     all.dedup();
     assert_eq!(all.len(), 5);
 }
