@@ -76,6 +76,15 @@ pub trait EventLog: Send + Sync + Debug + 'static {
     /// Every event of one stream, in version order.
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, LogError>;
 
+    /// Several streams at once, in the order asked; one round trip where the log allows.
+    async fn read_streams(&self, streams: &[String]) -> Result<Vec<Vec<RecordedEvent>>, LogError> {
+        let mut all = Vec::with_capacity(streams.len());
+        for stream in streams {
+            all.push(self.read_stream(stream).await?);
+        }
+        Ok(all)
+    }
+
     /// Up to `limit` events after `after`, in position order.
     async fn read_all(&self, after: Position, limit: usize)
     -> Result<Vec<RecordedEvent>, LogError>;

@@ -42,6 +42,13 @@ pub(crate) fn open(
          PRAGMA foreign_keys = ON; PRAGMA cache_size = -32000;"
     ))
     .map_err(fail)?;
+    // Plans never change with bound values: without this, SQLite's STAT4 build re-prepares
+    // statements whose parameters feed range estimates, on every new binding.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map_err(fail)?;
     migrate(&mut conn, migrations).map_err(fail)?;
     Ok(conn)
 }

@@ -217,9 +217,10 @@ impl Writer {
     }
 }
 
-/// Writes a group in one transaction. Each append is checked against its stream's
-/// version and written inside a savepoint, so one refused append leaves no trace while
-/// the others commit. Returns each append's outcome and the new head.
+/// Writes a group in one transaction. Each append is checked first (a repeat of known
+/// event ids, then its stream's version) and written only if it passes, so a refused
+/// append leaves no trace while the others commit. Returns each append's outcome and the
+/// new head.
 fn commit_group(
     conn: &mut Connection,
     group: &[Append],
@@ -229,50 +230,44 @@ fn commit_group(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut next = head.get();
     let mut results = Vec::with_capacity(group.len());
-    for append in group {
-        let sp = tx.savepoint()?;
-        // Appending events whose ids are already in the log is a repeat: answer with the
-        // position they were given the first time and write nothing.
-        if let Some(last) = append.events.last() {
-            let known: Option<u64> = sp
-                .prepare_cached("SELECT position FROM events WHERE event_id = ?1")?
-                .query_row([&last.event_id], |r| r.get(0))
-                .optional()?;
-            if let Some(position) = known {
+    {
+        let mut known = tx.prepare_cached("SELECT position FROM events WHERE event_id = ?1")?;
+        let mut version = tx.prepare_cached("SELECT MAX(version) FROM events WHERE stream = ?1")?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (position, stream, version, event_id, event_type, schema_version, recorded_at_ms, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for append in group {
+            // Events whose ids are already in the log are a repeat: answer with the position
+            // they were given the first time and write nothing.
+            if let Some(last) = append.events.last()
+                && let Some(position) = known
+                    .query_row([&last.event_id], |r| r.get::<_, u64>(0))
+                    .optional()?
+            {
                 results.push(Ok(Position::new(position)));
                 continue;
             }
-        }
-        let actual: u64 = sp
-            .prepare_cached("SELECT MAX(version) FROM events WHERE stream = ?1")?
-            .query_row([&append.stream], |r| r.get::<_, Option<u64>>(0))
-            .optional()?
-            .flatten()
-            .unwrap_or(0);
-        if let ExpectedVersion::Exactly(expected) = append.expected
-            && expected != actual
-        {
-            results.push(Err(LogError::Conflict {
-                stream: append.stream.clone(),
-                expected,
-                actual,
-            }));
-            continue;
-        }
-        let mut position = next;
-        let mut written = Ok(());
-        {
-            let mut insert = sp.prepare_cached(
-                "INSERT INTO events (position, stream, version, event_id, event_type, schema_version, recorded_at_ms, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
+            let actual = version
+                .query_row([&append.stream], |r| r.get::<_, Option<u64>>(0))?
+                .unwrap_or(0);
+            if let ExpectedVersion::Exactly(expected) = append.expected
+                && expected != actual
+            {
+                results.push(Err(LogError::Conflict {
+                    stream: append.stream.clone(),
+                    expected,
+                    actual,
+                }));
+                continue;
+            }
             for (i, event) in append.events.iter().enumerate() {
-                position += 1;
-                let row = params![
-                    position,
+                next += 1;
+                insert.execute(params![
+                    next,
                     append.stream,
                     actual + 1 + i as u64,
                     event.event_id,
@@ -280,31 +275,9 @@ fn commit_group(
                     event.schema_version,
                     now,
                     event.data
-                ];
-                if let Err(error) = insert.execute(row) {
-                    written = Err(error);
-                    break;
-                }
+                ])?;
             }
-        }
-        match written {
-            Ok(()) => {
-                sp.commit()?;
-                next = position;
-                results.push(Ok(Position::new(position)));
-            }
-            Err(rusqlite::Error::SqliteFailure(e, msg))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                // Only a partly repeated batch of event ids gets here; refuse it whole.
-                drop(sp);
-                let detail = msg.unwrap_or_else(|| "constraint violation".into());
-                results.push(Err(LogError::Corrupt(format!(
-                    "append to `{}` refused: {detail}",
-                    append.stream
-                ))));
-            }
-            Err(error) => return Err(error),
+            results.push(Ok(Position::new(next)));
         }
     }
     tx.commit()?;

@@ -1,6 +1,7 @@
 //! The key-value read store on SQLite: one `items` table keyed by (pk, sk) with a partial
 //! index standing in for the global secondary index, and the projections' checkpoints.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -70,32 +71,69 @@ pub(crate) fn write_checkpoint(
     Ok(())
 }
 
-/// [`KvWrite`] over an open transaction.
-struct Tx<'a>(&'a Connection);
+/// [`KvWrite`] over an open transaction, with a write-back cache: an item read or written
+/// many times in one batch (a popular toy's counters) costs one read and one write.
+struct Tx<'a> {
+    conn: &'a Connection,
+    /// Every item touched in this batch: its current value (`None`: absent or deleted) and
+    /// whether it must be written back.
+    items: HashMap<(String, String), (Option<Item>, bool)>,
+}
+
+impl<'a> Tx<'a> {
+    fn new(conn: &'a Connection) -> Self {
+        Self {
+            conn,
+            items: HashMap::new(),
+        }
+    }
+
+    /// Writes every changed item back.
+    fn flush(self) -> rusqlite::Result<()> {
+        let mut upsert = self.conn.prepare_cached(
+            "INSERT INTO items (pk, sk, gsi1pk, gsi1sk, data) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (pk, sk) DO UPDATE SET gsi1pk = excluded.gsi1pk, gsi1sk = excluded.gsi1sk,
+             data = excluded.data",
+        )?;
+        let mut delete = self
+            .conn
+            .prepare_cached("DELETE FROM items WHERE pk = ?1 AND sk = ?2")?;
+        for ((pk, sk), (item, dirty)) in self.items {
+            match (item, dirty) {
+                (_, false) => {}
+                (Some(i), true) => {
+                    upsert.execute(params![i.pk, i.sk, i.gsi1pk, i.gsi1sk, i.data])?;
+                }
+                (None, true) => {
+                    delete.execute([pk, sk])?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 impl KvWrite for Tx<'_> {
     fn get(&mut self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
-        get(self.0, pk, sk).map_err(store_error)
+        let key = (pk.to_owned(), sk.to_owned());
+        if let Some((item, _)) = self.items.get(&key) {
+            return Ok(item.clone());
+        }
+        let item = get(self.conn, pk, sk).map_err(store_error)?;
+        self.items.insert(key, (item.clone(), false));
+        Ok(item)
     }
 
     fn put(&mut self, item: Item) -> Result<(), StoreError> {
-        self.0
-            .prepare_cached(
-                "INSERT INTO items (pk, sk, gsi1pk, gsi1sk, data) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (pk, sk) DO UPDATE SET gsi1pk = excluded.gsi1pk, gsi1sk = excluded.gsi1sk,
-                 data = excluded.data",
-            )
-            .and_then(|mut s| s.execute(params![item.pk, item.sk, item.gsi1pk, item.gsi1sk, item.data]))
-            .map(drop)
-            .map_err(store_error)
+        self.items
+            .insert((item.pk.clone(), item.sk.clone()), (Some(item), true));
+        Ok(())
     }
 
     fn delete(&mut self, pk: &str, sk: &str) -> Result<(), StoreError> {
-        self.0
-            .prepare_cached("DELETE FROM items WHERE pk = ?1 AND sk = ?2")
-            .and_then(|mut s| s.execute([pk, sk]))
-            .map(drop)
-            .map_err(store_error)
+        self.items
+            .insert((pk.to_owned(), sk.to_owned()), (None, true));
+        Ok(())
     }
 }
 
@@ -130,9 +168,11 @@ impl KvStore for SqliteKvStore {
                 let Some(last) = fresh.last() else {
                     return Ok(());
                 };
+                let mut items = Tx::new(&tx);
                 for envelope in &fresh {
-                    apply(&mut Tx(&tx), envelope)?;
+                    apply(&mut items, envelope)?;
                 }
+                items.flush().map_err(store_error)?;
                 write_checkpoint(&tx, projection, last.position).map_err(store_error)?;
                 tx.commit().map_err(store_error)?;
                 Ok(())

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use santa_cqrs::{EventLog, ExpectedVersion, LogError, Position, RecordedEvent};
 use santa_domain::{
-    CancelLetter, Cents, Decision, DomainError, Event, LetterState, SubmitLetter, ToyId, ToyState,
-    UpsertToy,
+    CancelLetter, Decision, DomainError, Event, LetterState, SubmitLetter, ToyState, UpsertToy,
 };
 
 use crate::codec::{self, DecodeError};
@@ -34,6 +33,9 @@ pub enum CommandError {
 /// How often a command is decided again after losing an optimistic-concurrency race.
 const MAX_ATTEMPTS: usize = 5;
 
+/// A stream's decoded events with their positions.
+type History = Vec<(Position, Event)>;
+
 /// Handles the workshop's commands against any [`EventLog`].
 #[derive(Debug, Clone)]
 pub struct CommandService {
@@ -51,50 +53,46 @@ impl CommandService {
 
     #[tracing::instrument(skip_all, fields(toy = %cmd.id))]
     pub async fn upsert_toy(&self, cmd: UpsertToy) -> Result<Accepted, CommandError> {
-        let id = cmd.id.to_string();
-        let stream = cmd.stream();
-        self.decide_and_append(&stream, id, |events| {
-            let mut state = ToyState::default();
-            events.iter().for_each(|e| state.apply(&e.1));
-            let last = events.last().map(|e| e.0);
-            let decision = state.decide(cmd.clone());
-            async move { Ok((decision, last)) }
+        let (id, stream) = (cmd.id.to_string(), cmd.stream());
+        self.decide_and_append(&stream, &[], id, |history, _| {
+            let state = fold(ToyState::default(), ToyState::apply, &history);
+            Ok((state.decide(cmd.clone()), history.last().map(|e| e.0)))
         })
         .await
     }
 
     #[tracing::instrument(skip_all, fields(letter = %cmd.id()))]
     pub async fn submit_letter(&self, cmd: SubmitLetter) -> Result<Accepted, CommandError> {
-        let id = cmd.id().to_string();
-        let stream = cmd.stream();
-        self.decide_and_append(&stream, id, |events| {
-            let cmd = cmd.clone();
-            async move {
-                let mut state = LetterState::default();
-                events.iter().for_each(|e| state.apply(&e.1));
-                let first = events.first().map(|e| e.0);
-                let prices = self.prices(cmd.toys().iter().map(|(toy, _)| toy)).await?;
-                let decision = state.decide_submit(cmd, |toy| {
-                    prices
-                        .iter()
-                        .find(|(id, _)| id == toy)
-                        .and_then(|(_, price)| *price)
-                })?;
-                Ok((decision, first))
-            }
+        let (id, stream) = (cmd.id().to_string(), cmd.stream());
+        // The catalogue entries of the letter's toys are read in the same round trip.
+        let toy_streams: Vec<String> = cmd
+            .toys()
+            .iter()
+            .map(|(toy, _)| format!("toy-{toy}"))
+            .collect();
+        self.decide_and_append(&stream, &toy_streams, id, |history, toys| {
+            let state = fold(LetterState::default(), LetterState::apply, &history);
+            let catalogue = toys
+                .iter()
+                .map(|recorded| {
+                    decode_all(recorded).map(|h| fold(ToyState::default(), ToyState::apply, &h))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let decision = state.decide_submit(cmd.clone(), |toy| {
+                let i = cmd.toys().iter().position(|(t, _)| t == toy)?;
+                catalogue.get(i).and_then(ToyState::price)
+            })?;
+            Ok((decision, history.first().map(|e| e.0)))
         })
         .await
     }
 
     #[tracing::instrument(skip_all, fields(letter = %cmd.id))]
     pub async fn cancel_letter(&self, cmd: CancelLetter) -> Result<Accepted, CommandError> {
-        let id = cmd.id.to_string();
-        let stream = cmd.stream();
-        self.decide_and_append(&stream, id, |events| {
-            let mut state = LetterState::default();
-            events.iter().for_each(|e| state.apply(&e.1));
-            let decision = state.decide_cancel(cmd.clone());
-            async move { Ok((decision?, None)) }
+        let (id, stream) = (cmd.id.to_string(), cmd.stream());
+        self.decide_and_append(&stream, &[], id, |history, _| {
+            let state = fold(LetterState::default(), LetterState::apply, &history);
+            Ok((state.decide_cancel(cmd.clone())?, None))
         })
         .await
     }
@@ -108,26 +106,32 @@ impl CommandService {
             .collect::<Result<_, _>>()?)
     }
 
-    /// Loads `stream`, lets `decide` choose, and appends at the loaded version; decides
-    /// again when another writer got there first. `decide` returns the decision and, for
-    /// an idempotent repeat, the position to acknowledge again.
-    async fn decide_and_append<F, Fut>(
+    /// Loads `stream` (and, read-only, `context` streams), lets `decide` choose, and
+    /// appends at the loaded version; decides again when another writer got there first.
+    /// `decide` returns the decision and, for an idempotent repeat, the position to
+    /// acknowledge again.
+    async fn decide_and_append<F>(
         &self,
         stream: &str,
+        context: &[String],
         id: String,
         decide: F,
     ) -> Result<Accepted, CommandError>
     where
-        F: Fn(Vec<(Position, Event)>) -> Fut,
-        Fut: Future<Output = Result<(Decision, Option<Position>), CommandError>>,
+        F: Fn(History, &[Vec<RecordedEvent>]) -> Result<(Decision, Option<Position>), CommandError>,
     {
+        let mut streams = Vec::with_capacity(1 + context.len());
+        streams.push(stream.to_owned());
+        streams.extend_from_slice(context);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let recorded = self.log.read_stream(stream).await?;
+            let loaded = self.log.read_streams(&streams).await?;
+            let (recorded, context) = loaded
+                .split_first()
+                .map_or((&[][..], &[][..]), |(r, c)| (r.as_slice(), c));
             let version = recorded.last().map_or(0, |e| e.version);
-            let events = decode_all(&recorded)?;
-            match decide(events).await? {
+            match decide(decode_all(recorded)?, context)? {
                 (Decision::Unchanged, repeat) => {
                     let position = repeat
                         .or(recorded.last().map(|e| e.position))
@@ -139,15 +143,15 @@ impl CommandService {
                     });
                 }
                 (Decision::Append(event), _) => {
-                    match self
+                    let appended = self
                         .log
                         .append(
                             stream,
                             ExpectedVersion::Exactly(version),
                             vec![codec::encode(&event)],
                         )
-                        .await
-                    {
+                        .await;
+                    match appended {
                         Ok(position) => {
                             return Ok(Accepted {
                                 id,
@@ -162,26 +166,14 @@ impl CommandService {
             }
         }
     }
-
-    /// The current catalogue price of each toy (`None`: not in the catalogue).
-    async fn prices<'a>(
-        &self,
-        toys: impl Iterator<Item = &'a ToyId>,
-    ) -> Result<Vec<(ToyId, Option<Cents>)>, CommandError> {
-        let mut prices = Vec::new();
-        for toy in toys {
-            let recorded = self.log.read_stream(&format!("toy-{toy}")).await?;
-            let mut state = ToyState::default();
-            decode_all(&recorded)?
-                .iter()
-                .for_each(|e| state.apply(&e.1));
-            prices.push((toy.clone(), state.price()));
-        }
-        Ok(prices)
-    }
 }
 
-fn decode_all(recorded: &[RecordedEvent]) -> Result<Vec<(Position, Event)>, DecodeError> {
+fn fold<S>(mut state: S, apply: fn(&mut S, &Event), history: &History) -> S {
+    history.iter().for_each(|(_, e)| apply(&mut state, e));
+    state
+}
+
+fn decode_all(recorded: &[RecordedEvent]) -> Result<History, DecodeError> {
     recorded
         .iter()
         .map(|r| codec::decode(r).map(|e| (e.position, e.event)))
