@@ -39,7 +39,8 @@ pub(crate) fn open(
     };
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 10000;
-         PRAGMA foreign_keys = ON; PRAGMA cache_size = -32000;"
+         PRAGMA foreign_keys = ON; PRAGMA cache_size = -32000; PRAGMA mmap_size = 268435456;
+         PRAGMA wal_autocheckpoint = 4000;"
     ))
     .map_err(fail)?;
     // Plans never change with bound values: without this, SQLite's STAT4 build re-prepares

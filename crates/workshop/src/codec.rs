@@ -34,7 +34,8 @@ pub fn encode(event: &Event) -> NewEvent {
         Event::LetterCancelled(e) => serde_json::to_vec(e),
     };
     NewEvent {
-        event_id: uuid::Uuid::new_v4().to_string(),
+        // Time-ordered, so the log's event-id index grows at its end.
+        event_id: uuid::Uuid::now_v7().to_string(),
         event_type: event.event_type().to_owned(),
         schema_version: Event::SCHEMA_VERSION,
         // Serialising plain structs of strings and integers into memory cannot fail.
