@@ -272,3 +272,139 @@ impl ProjectionRunner {
         tracing::info!(position = %self.status.borrow().position, "projection stopped");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::memory::MemoryEventLog;
+    use crate::{ExpectedVersion, contract};
+
+    /// Applies only when the test lets it, and fails the first `failures` attempts.
+    struct Gated {
+        gate: Semaphore,
+        failures: AtomicU32,
+        applied: Mutex<Vec<Position>>,
+    }
+
+    #[async_trait]
+    impl Projection for Gated {
+        fn name(&self) -> &'static str {
+            "gated"
+        }
+
+        async fn checkpoint(&self) -> Result<Position, ProjectionError> {
+            Ok(self
+                .applied
+                .lock()
+                .unwrap()
+                .last()
+                .copied()
+                .unwrap_or_default())
+        }
+
+        async fn apply(&self, batch: &[RecordedEvent]) -> Result<(), ProjectionError> {
+            self.gate.acquire().await.unwrap().forget();
+            if self.failures.load(Ordering::SeqCst) > 0 {
+                self.failures.fetch_sub(1, Ordering::SeqCst);
+                return Err(ProjectionError::Store("store is down".into()));
+            }
+            self.applied
+                .lock()
+                .unwrap()
+                .extend(batch.iter().map(|e| e.position));
+            Ok(())
+        }
+    }
+
+    fn fast_retries() -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_query_waiting_for_a_position_is_told_when_the_projection_is_behind() {
+        let log = Arc::new(MemoryEventLog::default());
+        let position = log
+            .append("s", ExpectedVersion::Any, vec![contract::event("e")])
+            .await
+            .unwrap();
+        let projection = Arc::new(Gated {
+            gate: Semaphore::new(0),
+            failures: AtomicU32::new(0),
+            applied: Mutex::default(),
+        });
+        let runner = ProjectionRunner::new(log.clone(), projection.clone());
+        let handle = runner.handle();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(runner.run(async {
+            let _ = stopped.await;
+        }));
+
+        assert!(
+            !handle.wait_for(position, Duration::from_millis(50)).await,
+            "the batch is held back"
+        );
+        projection.gate.add_permits(1);
+        assert!(handle.wait_for(position, Duration::from_secs(5)).await);
+        assert_eq!(*projection.applied.lock().unwrap(), [position]);
+        let _ = stop.send(());
+        task.await.unwrap();
+        assert_eq!(handle.status().state, ProjectionState::Stopped);
+    }
+
+    #[tokio::test]
+    async fn a_failing_batch_is_retried_and_reported_until_it_applies() {
+        let log = Arc::new(MemoryEventLog::default());
+        log.append(
+            "s",
+            ExpectedVersion::Any,
+            vec![contract::event("a"), contract::event("b")],
+        )
+        .await
+        .unwrap();
+        let projection = Arc::new(Gated {
+            gate: Semaphore::new(0),
+            failures: AtomicU32::new(3),
+            applied: Mutex::default(),
+        });
+        let runner =
+            ProjectionRunner::new(log.clone(), projection.clone()).with_retry(fast_retries());
+        let handle = runner.handle();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(runner.run(async {
+            let _ = stopped.await;
+        }));
+
+        projection.gate.add_permits(1);
+        let mut status = handle.status.clone();
+        status
+            .wait_for(|s| s.state == ProjectionState::Retrying)
+            .await
+            .unwrap();
+        assert_eq!(
+            handle.status().last_error.as_deref(),
+            Some("read store unavailable: store is down")
+        );
+        projection.gate.add_permits(3);
+        assert!(
+            handle
+                .wait_for(Position::new(2), Duration::from_secs(5))
+                .await
+        );
+        assert_eq!(
+            *projection.applied.lock().unwrap(),
+            [Position::new(1), Position::new(2)],
+            "applied once, in order"
+        );
+        assert_eq!(handle.status().state, ProjectionState::Running);
+        let _ = stop.send(());
+        task.await.unwrap();
+    }
+}
