@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{EventLog, ExpectedVersion, LogError, NewEvent, Position, Subscription};
+use crate::{EventLog, ExpectedVersion, LogError, NewEvent, Position};
 
 /// One event with a unique id and the given body.
 pub fn event(body: &str) -> NewEvent {
@@ -141,7 +141,7 @@ pub async fn subscriptions_catch_up_then_follow_live(log: Arc<dyn EventLog>) {
         .await
         .unwrap();
     }
-    let mut sub = Subscription::new(log.clone(), start);
+    let mut sub = crate::subscribe(&log, 0, start).await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 5 {
         seen.extend(sub.next_batch(2).await.unwrap());

@@ -7,12 +7,17 @@
 //! promises.
 
 pub mod contract;
+mod lease;
 mod log;
 pub mod memory;
 mod position;
 mod projection;
 
-pub use log::{EventLog, ExpectedVersion, LogError, NewEvent, RecordedEvent, Subscription};
+pub use lease::{Lease, Leases, LocalLeases};
+pub use log::{
+    EventLog, EventSource, ExpectedVersion, LogError, NewEvent, RecordedEvent, Subscription,
+    subscribe,
+};
 pub use position::{InvalidPosition, Position};
 pub use projection::{
     Projection, ProjectionError, ProjectionHandle, ProjectionRunner, ProjectionState,

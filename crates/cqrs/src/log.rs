@@ -92,9 +92,51 @@ pub trait EventLog: Send + Sync + Debug + 'static {
     /// The position of the newest durable event (`Position::ZERO` when empty).
     async fn head(&self) -> Result<Position, LogError>;
 
+    /// How many partitions the log spreads its events over (1 when it keeps one order).
+    /// All events of one stream are in one partition, in order; projections keep one
+    /// checkpoint per partition, so partitions can be worked on by different processes.
+    fn partitions(&self) -> u32 {
+        1
+    }
+
+    /// The partition that holds the event at `position` (read-your-writes across
+    /// processes needs it to know which checkpoint to wait for).
+    async fn partition_at(&self, _position: Position) -> Result<u32, LogError> {
+        Ok(0)
+    }
+
+    /// A reader of one partition after `after`, if the log has its own; `None` means
+    /// "use [`Subscription`] over `read_all`", which suits single-partition logs.
+    async fn subscribe(
+        &self,
+        _partition: u32,
+        _after: Position,
+    ) -> Result<Option<Box<dyn EventSource>>, LogError> {
+        Ok(None)
+    }
+
     /// A channel that moves whenever this process appends. Logs written by other
     /// processes may not move it; subscribers therefore also poll.
     fn watch_head(&self) -> watch::Receiver<Position>;
+}
+
+/// Reads a log (or one partition of it) in order, waiting for new events when caught up.
+#[async_trait]
+pub trait EventSource: Send + Debug {
+    /// The next events, at most `max`, waiting until there is at least one.
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>, LogError>;
+}
+
+/// Opens the reader of `partition` after `after`: the log's own, or a [`Subscription`].
+pub async fn subscribe(
+    log: &Arc<dyn EventLog>,
+    partition: u32,
+    after: Position,
+) -> Result<Box<dyn EventSource>, LogError> {
+    Ok(match log.subscribe(partition, after).await? {
+        Some(source) => source,
+        None => Box::new(Subscription::new(log.clone(), after)),
+    })
 }
 
 /// Catch-up-then-live reading of the whole log from a position.
@@ -120,9 +162,11 @@ impl Subscription {
     pub fn position(&self) -> Position {
         self.after
     }
+}
 
-    /// The next events after the subscription's position, waiting until there are some.
-    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>, LogError> {
+#[async_trait]
+impl EventSource for Subscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>, LogError> {
         loop {
             let batch = self.log.read_all(self.after, max).await?;
             if let Some(last) = batch.last() {

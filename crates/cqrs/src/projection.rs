@@ -5,22 +5,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::{EventLog, LogError, Position, RecordedEvent, Subscription};
+use crate::{EventLog, Leases, LocalLeases, LogError, Position, RecordedEvent, subscribe};
 
-/// A read model fed from the log. Implementations store each batch together with their
-/// checkpoint in one transaction and skip events at or below it, so a redelivered batch
-/// has no second effect.
+/// A read model fed from the log, with one checkpoint per log partition.
+///
+/// `apply` is a compare-and-set on the checkpoint: it commits the batch and moves the
+/// checkpoint to the batch's last event only if the checkpoint still is `expected`, in one
+/// transaction. So a redelivered batch has no second effect, and a worker whose view is
+/// stale (another process moved the partition on) is refused instead of applying events
+/// out of order.
 #[async_trait]
-pub trait Projection: Send + Sync + 'static {
-    /// A stable name: it keys the checkpoint and appears in status and metrics.
+pub trait Projection: Send + Sync + std::fmt::Debug + 'static {
+    /// A stable name: it keys the checkpoints and appears in status and metrics.
     fn name(&self) -> &'static str;
 
-    /// The position of the last event this projection has applied, read from its store.
-    async fn checkpoint(&self) -> Result<Position, ProjectionError>;
+    /// The position of the last event applied from `partition`, read from the store.
+    async fn checkpoint(&self, partition: u32) -> Result<Position, ProjectionError>;
 
-    /// Applies `batch` (in position order) and moves the checkpoint to its last event,
-    /// atomically. Events at or below the stored checkpoint are skipped.
-    async fn apply(&self, batch: &[RecordedEvent]) -> Result<(), ProjectionError>;
+    /// Applies `batch` (events of `partition` after `expected`, in order) if the stored
+    /// checkpoint is `expected`; otherwise fails with [`ProjectionError::Moved`].
+    async fn apply(
+        &self,
+        partition: u32,
+        expected: Position,
+        batch: &[RecordedEvent],
+    ) -> Result<(), ProjectionError>;
 }
 
 /// Why a projection could not apply a batch.
@@ -32,6 +41,12 @@ pub enum ProjectionError {
     /// An event could not be decoded or applied; retrying will not help by itself.
     #[error("cannot apply event at {position}: {reason}")]
     Event { position: Position, reason: String },
+    /// The checkpoint is no longer where this worker thought: another worker moved it.
+    #[error("checkpoint moved to {actual} (expected {expected}); another worker got there first")]
+    Moved {
+        expected: Position,
+        actual: Position,
+    },
     #[error(transparent)]
     Log(#[from] LogError),
 }
@@ -56,17 +71,30 @@ impl ProjectionState {
     }
 }
 
-/// A projection's progress, published after every batch.
+/// A projection's progress in this process, published after every batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectionStatus {
-    pub position: Position,
+    /// Checkpoint per partition, as far as this process knows (`None`: not worked on here).
+    pub partitions: Vec<Option<Position>>,
     pub state: ProjectionState,
     pub last_error: Option<String>,
-    /// When the last applied event was recorded in the log (ms since the epoch), used to
+    /// When the newest applied event was recorded in the log (ms since the epoch), used to
     /// express lag in time.
     pub last_event_at_ms: Option<i64>,
-    /// Failed attempts at the current batch.
+    /// Failed attempts since the last success.
     pub attempts: u32,
+}
+
+impl ProjectionStatus {
+    /// The lowest checkpoint over the partitions this process works on.
+    pub fn position(&self) -> Position {
+        self.partitions
+            .iter()
+            .flatten()
+            .min()
+            .copied()
+            .unwrap_or_default()
+    }
 }
 
 /// Backoff between attempts at a failing batch.
@@ -102,7 +130,7 @@ impl RetryPolicy {
     }
 }
 
-/// A read-only view of one projection's progress, for queries and operations.
+/// A read-only view of one projection's progress in this process.
 #[derive(Debug, Clone)]
 pub struct ProjectionHandle {
     name: &'static str,
@@ -118,21 +146,35 @@ impl ProjectionHandle {
         self.status.borrow().clone()
     }
 
-    /// Waits until the projection has applied `position`, for at most `timeout`; returns
+    /// Whether this process works on `partition` (and so can answer `wait_for` for it).
+    pub fn serves(&self, partition: u32) -> bool {
+        self.status
+            .borrow()
+            .partitions
+            .get(partition as usize)
+            .is_some_and(Option::is_some)
+    }
+
+    /// Waits until `partition` has applied `position`, for at most `timeout`; returns
     /// whether it got there.
-    pub async fn wait_for(&self, position: Position, timeout: Duration) -> bool {
+    pub async fn wait_for(&self, partition: u32, position: Position, timeout: Duration) -> bool {
         let mut rx = self.status.clone();
+        let reached = |s: &ProjectionStatus| {
+            s.partitions.get(partition as usize).copied().flatten() >= Some(position)
+        };
         matches!(
-            tokio::time::timeout(timeout, rx.wait_for(|s| s.position >= position)).await,
+            tokio::time::timeout(timeout, rx.wait_for(reached)).await,
             Ok(Ok(_))
         )
     }
 }
 
-/// Feeds one projection from the log: catch up from its checkpoint, then follow live.
+/// Feeds one projection from the log: for every partition this process holds a lease on,
+/// catch up from the stored checkpoint, then follow live.
 pub struct ProjectionRunner {
     log: Arc<dyn EventLog>,
     projection: Arc<dyn Projection>,
+    leases: Arc<dyn Leases>,
     status: watch::Sender<ProjectionStatus>,
     batch_size: usize,
     retry: RetryPolicy,
@@ -146,10 +188,13 @@ impl std::fmt::Debug for ProjectionRunner {
     }
 }
 
+/// How long a worker without a lease waits before asking again.
+const LEASE_POLL: Duration = Duration::from_millis(500);
+
 impl ProjectionRunner {
     pub fn new(log: Arc<dyn EventLog>, projection: Arc<dyn Projection>) -> Self {
         let (status, _) = watch::channel(ProjectionStatus {
-            position: Position::ZERO,
+            partitions: vec![None; log.partitions() as usize],
             state: ProjectionState::Starting,
             last_error: None,
             last_event_at_ms: None,
@@ -158,6 +203,7 @@ impl ProjectionRunner {
         Self {
             log,
             projection,
+            leases: Arc::new(LocalLeases),
             status,
             batch_size: 500,
             retry: RetryPolicy::default(),
@@ -174,6 +220,12 @@ impl ProjectionRunner {
         self
     }
 
+    /// Shares partitions with other processes through `leases`.
+    pub fn with_leases(mut self, leases: Arc<dyn Leases>) -> Self {
+        self.leases = leases;
+        self
+    }
+
     pub fn handle(&self) -> ProjectionHandle {
         ProjectionHandle {
             name: self.projection.name(),
@@ -184,54 +236,191 @@ impl ProjectionRunner {
     /// Runs until `shutdown` resolves. A batch in progress is finished, never abandoned
     /// half-way; failures are retried with backoff and reported in the status.
     #[tracing::instrument(name = "projection", skip_all, fields(projection = self.projection.name()))]
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
-        tokio::pin!(shutdown);
-        let Some(start) = self
-            .retrying(|| self.projection.checkpoint(), &mut shutdown)
-            .await
-        else {
-            return self.stopped();
-        };
-        self.status.send_modify(|s| {
-            s.position = start;
-            s.state = ProjectionState::Running;
-        });
-        tracing::info!(position = %start, "projection started");
-        let mut subscription = Subscription::new(self.log.clone(), start);
-        loop {
-            let batch = tokio::select! {
-                batch = subscription.next_batch(self.batch_size) => batch,
-                () = &mut shutdown => break,
-            };
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(error) => {
-                    self.report_failure(&error.into());
-                    tokio::select! {
-                        () = tokio::time::sleep(self.retry.delay(self.status.borrow().attempts)) => continue,
-                        () = &mut shutdown => break,
-                    }
-                }
-            };
-            let Some(last) = batch.last() else { continue };
-            let (position, recorded_at) = (last.position, last.recorded_at_ms);
-            // An attempt in progress is finished even when shutdown is requested meanwhile;
-            // only the wait before a retry gives way to it.
-            if self
-                .retrying(|| self.projection.apply(&batch), &mut shutdown)
-                .await
-                .is_none()
-            {
-                break;
-            }
-            self.status.send_modify(|s| {
-                s.position = position;
-                s.last_event_at_ms = Some(recorded_at);
-                s.state = ProjectionState::Running;
-                s.attempts = 0;
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let this = Arc::new(self);
+        let mut workers = tokio::task::JoinSet::new();
+        for partition in 0..this.log.partitions() {
+            let (this, mut stop) = (this.clone(), stop_rx.clone());
+            workers.spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                this.work_on(partition, stopped).await;
             });
         }
-        self.stopped();
+        this.status.send_modify(|s| {
+            if s.state == ProjectionState::Starting && this.log.partitions() > 1 {
+                s.state = ProjectionState::Running;
+            }
+        });
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        while workers.join_next().await.is_some() {}
+        this.status
+            .send_modify(|s| s.state = ProjectionState::Stopped);
+        tracing::info!(position = %this.status.borrow().position(), "projection stopped");
+    }
+
+    /// One partition: wait for its lease, then follow it while the lease holds.
+    async fn work_on(&self, partition: u32, shutdown: impl Future<Output = ()> + Send) {
+        tokio::pin!(shutdown);
+        loop {
+            let lease = match self.lease(partition).await {
+                Ok(lease) => lease,
+                Err(error) => {
+                    self.report_failure(&error);
+                    None
+                }
+            };
+            if let Some(lease) = lease {
+                tracing::debug!(partition, "lease acquired");
+                if self
+                    .follow(partition, lease.as_ref(), &mut shutdown)
+                    .await
+                    .is_break()
+                {
+                    break;
+                }
+                self.status
+                    .send_modify(|s| s.partitions[partition as usize] = None);
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(LEASE_POLL) => {}
+                () = &mut shutdown => break,
+            }
+        }
+    }
+
+    /// A lease on `partition`, unless this process already holds its fair share.
+    async fn lease(
+        &self,
+        partition: u32,
+    ) -> Result<Option<Box<dyn crate::Lease>>, ProjectionError> {
+        let name = self.projection.name();
+        let held = self.status.borrow().partitions.iter().flatten().count() as u32;
+        if held >= self.leases.fair_share(name, self.log.partitions()).await? {
+            return Ok(None);
+        }
+        self.leases.try_acquire(name, partition).await
+    }
+
+    /// Applies `partition` from its checkpoint on; `Break` when shutdown came, `Continue`
+    /// when the lease was lost or given up and should be sought again.
+    async fn follow<S>(
+        &self,
+        partition: u32,
+        lease: &dyn crate::Lease,
+        shutdown: &mut S,
+    ) -> std::ops::ControlFlow<()>
+    where
+        S: Future<Output = ()> + Unpin,
+    {
+        use std::ops::ControlFlow::{Break, Continue};
+        let name = self.projection.name();
+        'resume: loop {
+            let Some(mut checkpoint) = self
+                .retrying(|| self.projection.checkpoint(partition), shutdown)
+                .await
+            else {
+                return Break(());
+            };
+            self.status.send_modify(|s| {
+                s.partitions[partition as usize] = Some(checkpoint);
+                s.state = ProjectionState::Running;
+            });
+            tracing::info!(partition, position = %checkpoint, "projection following the log");
+            let mut source = match subscribe(&self.log, partition, checkpoint).await {
+                Ok(source) => source,
+                Err(error) => {
+                    self.report_failure(&error.into());
+                    if self.pause(shutdown).await.is_break() {
+                        return Break(());
+                    }
+                    continue 'resume;
+                }
+            };
+            loop {
+                if !lease.is_held() {
+                    tracing::warn!(partition, "lease lost; stopping work on the partition");
+                    return Continue(());
+                }
+                let share = self
+                    .leases
+                    .fair_share(name, self.log.partitions())
+                    .await
+                    .unwrap_or(u32::MAX);
+                let held = self.status.borrow().partitions.iter().flatten().count() as u32;
+                let highest = self
+                    .status
+                    .borrow()
+                    .partitions
+                    .iter()
+                    .rposition(Option::is_some);
+                if held > share && highest == Some(partition as usize) {
+                    tracing::info!(
+                        partition,
+                        held,
+                        share,
+                        "giving the partition up to share the work"
+                    );
+                    return Continue(());
+                }
+                let batch = tokio::select! {
+                    batch = source.next_batch(self.batch_size) => batch,
+                    () = &mut *shutdown => return Break(()),
+                };
+                let batch = match batch {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        self.report_failure(&error.into());
+                        if self.pause(shutdown).await.is_break() {
+                            return Break(());
+                        }
+                        continue 'resume;
+                    }
+                };
+                let Some(last) = batch.last() else { continue };
+                let (position, recorded_at) = (last.position, last.recorded_at_ms);
+                // An attempt in progress is finished even when shutdown is requested
+                // meanwhile; only the wait before a retry gives way to it.
+                match self.projection.apply(partition, checkpoint, &batch).await {
+                    Ok(()) => {
+                        checkpoint = position;
+                        self.status.send_modify(|s| {
+                            s.partitions[partition as usize] = Some(position);
+                            s.last_event_at_ms = s.last_event_at_ms.max(Some(recorded_at));
+                            s.state = ProjectionState::Running;
+                            s.attempts = 0;
+                        });
+                    }
+                    Err(ProjectionError::Moved { actual, .. }) => {
+                        tracing::info!(partition, %actual, "another worker moved the checkpoint; resuming from it");
+                        continue 'resume;
+                    }
+                    Err(error) => {
+                        self.report_failure(&error);
+                        if self.pause(shutdown).await.is_break() {
+                            return Break(());
+                        }
+                        continue 'resume;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits out the backoff for the current attempt; `Break` when shutdown came first.
+    async fn pause<S: Future<Output = ()> + Unpin>(
+        &self,
+        shutdown: &mut S,
+    ) -> std::ops::ControlFlow<()> {
+        let delay = self.retry.delay(self.status.borrow().attempts);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => std::ops::ControlFlow::Continue(()),
+            () = &mut *shutdown => std::ops::ControlFlow::Break(()),
+        }
     }
 
     /// Repeats `op` until it succeeds, reporting each failure; `None` when shutdown came
@@ -247,10 +436,8 @@ impl ProjectionRunner {
                 Ok(value) => return Some(value),
                 Err(error) => {
                     self.report_failure(&error);
-                    let delay = self.retry.delay(self.status.borrow().attempts);
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = &mut *shutdown => return None,
+                    if self.pause(shutdown).await.is_break() {
+                        return None;
                     }
                 }
             }
@@ -258,18 +445,12 @@ impl ProjectionRunner {
     }
 
     fn report_failure(&self, error: &ProjectionError) {
-        tracing::warn!(%error, "projection batch failed; retrying");
+        tracing::warn!(%error, "projection failed; retrying");
         self.status.send_modify(|s| {
             s.state = ProjectionState::Retrying;
             s.last_error = Some(error.to_string());
             s.attempts = s.attempts.saturating_add(1);
         });
-    }
-
-    fn stopped(&self) {
-        self.status
-            .send_modify(|s| s.state = ProjectionState::Stopped);
-        tracing::info!(position = %self.status.borrow().position, "projection stopped");
     }
 }
 
@@ -285,6 +466,7 @@ mod tests {
     use crate::{ExpectedVersion, contract};
 
     /// Applies only when the test lets it, and fails the first `failures` attempts.
+    #[derive(Debug)]
     struct Gated {
         gate: Semaphore,
         failures: AtomicU32,
@@ -297,7 +479,7 @@ mod tests {
             "gated"
         }
 
-        async fn checkpoint(&self) -> Result<Position, ProjectionError> {
+        async fn checkpoint(&self, _: u32) -> Result<Position, ProjectionError> {
             Ok(self
                 .applied
                 .lock()
@@ -307,8 +489,23 @@ mod tests {
                 .unwrap_or_default())
         }
 
-        async fn apply(&self, batch: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        async fn apply(
+            &self,
+            _: u32,
+            expected: Position,
+            batch: &[RecordedEvent],
+        ) -> Result<(), ProjectionError> {
             self.gate.acquire().await.unwrap().forget();
+            let actual = self
+                .applied
+                .lock()
+                .unwrap()
+                .last()
+                .copied()
+                .unwrap_or_default();
+            if actual != expected {
+                return Err(ProjectionError::Moved { expected, actual });
+            }
             if self.failures.load(Ordering::SeqCst) > 0 {
                 self.failures.fetch_sub(1, Ordering::SeqCst);
                 return Err(ProjectionError::Store("store is down".into()));
@@ -348,11 +545,13 @@ mod tests {
         }));
 
         assert!(
-            !handle.wait_for(position, Duration::from_millis(50)).await,
+            !handle
+                .wait_for(0, position, Duration::from_millis(50))
+                .await,
             "the batch is held back"
         );
         projection.gate.add_permits(1);
-        assert!(handle.wait_for(position, Duration::from_secs(5)).await);
+        assert!(handle.wait_for(0, position, Duration::from_secs(5)).await);
         assert_eq!(*projection.applied.lock().unwrap(), [position]);
         let _ = stop.send(());
         task.await.unwrap();
@@ -395,7 +594,7 @@ mod tests {
         projection.gate.add_permits(3);
         assert!(
             handle
-                .wait_for(Position::new(2), Duration::from_secs(5))
+                .wait_for(0, Position::new(2), Duration::from_secs(5))
                 .await
         );
         assert_eq!(

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use santa_cqrs::ProjectionHandle;
+use santa_cqrs::{Projection, ProjectionHandle};
 use santa_workshop::CommandService;
 use santa_workshop::analytics::AnalyticsStore;
 use santa_workshop::letters::LettersQueries;
@@ -35,10 +35,19 @@ pub struct AppState {
     pub commands: CommandService,
     pub letters: LettersQueries,
     pub analytics: Arc<dyn AnalyticsStore>,
-    /// Progress of the projections running in this process.
-    pub projections: Arc<[ProjectionHandle]>,
+    /// The projections queries depend on, with their progress where they run in this
+    /// process.
+    pub projections: Arc<[ProjectionView]>,
     pub metrics: Arc<Metrics>,
     pub settings: HttpSettings,
+}
+
+/// A projection as the API sees it: its store's checkpoints (authoritative, shared by
+/// every process) and, when it runs in this process, its live status.
+#[derive(Debug, Clone)]
+pub struct ProjectionView {
+    pub projection: Arc<dyn Projection>,
+    pub local: Option<ProjectionHandle>,
 }
 
 /// Limits and policies of the HTTP layer.

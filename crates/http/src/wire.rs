@@ -292,10 +292,15 @@ pub struct ProjectionsResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectionStatusResponse {
     pub name: &'static str,
+    /// The lowest checkpoint over the log's partitions.
     pub position: u64,
+    /// The checkpoint of each log partition, as stored with the projection's data.
+    pub partitions: Vec<u64>,
     pub lag_events: u64,
     /// Age of the newest applied event when the projection is behind; 0 when caught up.
     pub lag_seconds: f64,
+    /// `starting`, `running`, `retrying`, `stopped`, or `elsewhere` when the projection
+    /// runs in other processes.
     #[schema(example = "running")]
     pub state: &'static str,
     pub last_error: Option<String>,

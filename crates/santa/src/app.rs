@@ -5,9 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use santa_cqrs::{EventLog, ProjectionRunner};
-use santa_http::{AppState, HttpSettings, Metrics};
-use santa_sqlite::{SqliteAnalyticsStore, SqliteEventLog, SqliteKvStore, SqliteLogOptions};
+use santa_cqrs::{Projection, ProjectionRunner};
+use santa_http::{AppState, HttpSettings, Metrics, ProjectionView};
 use santa_workshop::CommandService;
 use santa_workshop::analytics::AnalyticsProjection;
 use santa_workshop::letters::{LettersProjection, LettersQueries};
@@ -16,43 +15,73 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::Settings;
+use crate::backends::Backends;
+use crate::settings::Role;
 
-/// A built, bound, not yet running service.
+/// A built, bound, not yet running process.
 #[derive(Debug)]
 pub struct Application {
-    listener: TcpListener,
-    router: axum::Router,
+    server: Option<(TcpListener, axum::Router)>,
     runners: Vec<ProjectionRunner>,
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
 }
 
 impl Application {
-    /// Opens the embedded stores under the data directory and binds the listener.
+    /// Opens the backends and binds the listener, as the role requires.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.check()?;
-        let dir = &settings.data_dir;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-        let options = SqliteLogOptions {
-            queue: settings.append_queue,
-            ..SqliteLogOptions::default()
-        };
-        let log: Arc<dyn EventLog> = Arc::new(SqliteEventLog::open(dir, options)?);
-        let kv = Arc::new(SqliteKvStore::open(dir)?);
-        let analytics = Arc::new(SqliteAnalyticsStore::open(dir)?);
-
-        let runners = vec![
-            ProjectionRunner::new(log.clone(), Arc::new(LettersProjection::new(kv.clone()))),
-            ProjectionRunner::new(
-                log.clone(),
-                Arc::new(AnalyticsProjection::new(analytics.clone())),
-            ),
+        let backends = Backends::open(&settings).await?;
+        let projections: Vec<Arc<dyn Projection>> = vec![
+            Arc::new(LettersProjection::new(backends.kv.clone())),
+            Arc::new(AnalyticsProjection::new(backends.analytics.clone())),
         ];
+        let runs_here = |p: &Arc<dyn Projection>| match &settings.role {
+            Role::Serve => true,
+            Role::Api => false,
+            Role::Projector { projection } => {
+                projection.as_deref().is_none_or(|name| name == p.name())
+            }
+        };
+        if let Role::Projector {
+            projection: Some(name),
+        } = &settings.role
+        {
+            anyhow::ensure!(
+                projections.iter().any(|p| p.name() == name),
+                "there is no projection named `{name}` (there are: letters, analytics)"
+            );
+        }
+        let runners: Vec<ProjectionRunner> = projections
+            .iter()
+            .filter(|p| runs_here(p))
+            .map(|p| {
+                ProjectionRunner::new(backends.log.clone(), p.clone())
+                    .with_leases(backends.leases.clone())
+            })
+            .collect();
+
+        if matches!(settings.role, Role::Projector { .. }) {
+            return Ok(Self {
+                server: None,
+                runners,
+                addr: None,
+            });
+        }
+        let views = projections
+            .iter()
+            .map(|p| ProjectionView {
+                projection: p.clone(),
+                local: runners
+                    .iter()
+                    .map(ProjectionRunner::handle)
+                    .find(|h| h.name() == p.name()),
+            })
+            .collect();
         let state = AppState {
-            commands: CommandService::new(log),
-            letters: LettersQueries::new(kv),
-            analytics,
-            projections: runners.iter().map(ProjectionRunner::handle).collect(),
+            commands: CommandService::new(backends.log.clone()),
+            letters: LettersQueries::new(backends.kv.clone()),
+            analytics: backends.analytics.clone(),
+            projections: views,
             metrics: Arc::new(Metrics::default()),
             settings: HttpSettings {
                 tokens: settings.tokens.clone(),
@@ -65,19 +94,18 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", settings.addr))?;
         let addr = listener.local_addr()?;
         Ok(Self {
-            listener,
-            router: santa_http::router(state),
+            server: Some((listener, santa_http::router(state))),
             runners,
-            addr,
+            addr: Some(addr),
         })
     }
 
-    /// The address actually bound (useful with port 0).
-    pub fn addr(&self) -> SocketAddr {
+    /// The address actually bound (useful with port 0); `None` for a projector.
+    pub fn addr(&self) -> Option<SocketAddr> {
         self.addr
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
+    /// Runs until `shutdown` resolves, then stops accepting, lets in-flight requests
     /// finish, lets each projector finish its batch, and returns.
     pub async fn run_until_stopped(
         self,
@@ -90,31 +118,37 @@ impl Application {
                 let _ = rx.wait_for(|stop| *stop).await;
             }
         };
-        let mut projectors = JoinSet::new();
+        let mut tasks = JoinSet::new();
         for runner in self.runners {
-            projectors.spawn(runner.run(stopped()));
+            let name = format!("the {:?} projector", runner);
+            let stopped = stopped();
+            tasks.spawn(async move {
+                runner.run(stopped).await;
+                name
+            });
         }
-        tracing::info!(addr = %self.addr, "santa's workshop is listening");
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(stopped());
-        let server = tokio::spawn(async move { server.await });
+        if let Some((listener, router)) = self.server {
+            tracing::info!(addr = ?self.addr, "santa's workshop is listening");
+            let server = axum::serve(listener, router).with_graceful_shutdown(stopped());
+            tasks.spawn(async move {
+                if let Err(error) = server.await {
+                    tracing::error!(%error, "HTTP server failed");
+                }
+                "the HTTP server".to_owned()
+            });
+        }
         tokio::pin!(shutdown);
-
         let outcome = tokio::select! {
             () = &mut shutdown => {
                 tracing::info!("shutdown requested; draining");
                 Ok(())
             }
-            result = projectors.join_next() => {
-                Err(anyhow::anyhow!("a projector stopped unexpectedly: {result:?}"))
+            Some(exited) = tasks.join_next() => {
+                Err(anyhow::anyhow!("{} stopped unexpectedly", exited.unwrap_or_else(|e| e.to_string())))
             }
         };
         let _ = stop_tx.send(true);
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "HTTP server failed"),
-            Err(error) => tracing::error!(%error, "HTTP server task failed"),
-        }
-        while projectors.join_next().await.is_some() {}
+        while tasks.join_next().await.is_some() {}
         tracing::info!("stopped");
         outcome
     }

@@ -3,8 +3,9 @@
 //! [`Application::run_until_stopped`], so the tests exercise exactly what users run.
 
 mod app;
+mod backends;
 mod settings;
 pub mod telemetry;
 
 pub use app::Application;
-pub use settings::Settings;
+pub use settings::{Role, Settings};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use santa::{Application, Settings, telemetry};
+use santa::{Application, Role, Settings, telemetry};
 use santa_http::Tokens;
 
 #[derive(Debug, Parser)]
@@ -23,19 +23,37 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the whole workshop in one process: command API, query API and projectors.
-    Serve(ServeArgs),
+    Serve {
+        #[command(flatten)]
+        http: HttpArgs,
+        #[command(flatten)]
+        backends: BackendArgs,
+    },
+    /// Run the command and query API only (needs a shared event log such as NATS).
+    Api {
+        #[command(flatten)]
+        http: HttpArgs,
+        #[command(flatten)]
+        backends: BackendArgs,
+    },
+    /// Run projection workers only; several processes share the log's partitions.
+    Projector {
+        /// Run only this projection (`letters` or `analytics`); all of them by default.
+        #[arg(long, env = "SANTA_PROJECTION")]
+        projection: Option<String>,
+        #[command(flatten)]
+        backends: BackendArgs,
+    },
     /// Load the demo catalogue and letters into a running workshop (POST /admin/seed).
     Seed(SeedArgs),
 }
 
+/// Flags of the processes that serve HTTP.
 #[derive(Debug, clap::Args)]
-struct ServeArgs {
+struct HttpArgs {
     /// Address to listen on.
     #[arg(long, env = "SANTA_ADDR", default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
-    /// Directory for the embedded databases.
-    #[arg(long, env = "SANTA_DATA_DIR", default_value = "./santa-data")]
-    data_dir: PathBuf,
     /// Bearer tokens and their scopes: `tokenA:read,tokenB:write,tokenC:admin+read+write`.
     #[arg(long, env = "SANTA_TOKENS", hide_env_values = true, default_value = "")]
     tokens: String,
@@ -45,6 +63,46 @@ struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SANTA_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     max_body_bytes: usize,
+}
+
+/// Where the data lives; the same on every role.
+#[derive(Debug, clap::Args)]
+struct BackendArgs {
+    /// Directory for the embedded databases.
+    #[arg(long, env = "SANTA_DATA_DIR", default_value = "./santa-data")]
+    data_dir: PathBuf,
+    /// The event log: `sqlite` (embedded) or `nats://host:port` (JetStream).
+    #[arg(long, env = "SANTA_EVENT_LOG", default_value = "sqlite")]
+    event_log: String,
+    /// The key-value read store: `sqlite` or `postgres://user@host/db`.
+    #[arg(long, env = "SANTA_READ_STORE", default_value = "sqlite")]
+    read_store: String,
+    /// The analytics store: `sqlite` or `postgres://user@host/db`.
+    #[arg(long, env = "SANTA_ANALYTICS", default_value = "sqlite")]
+    analytics: String,
+    /// Partitions of the JetStream log (fixed when its stream is first created).
+    #[arg(long, env = "SANTA_PARTITIONS", default_value_t = 8)]
+    partitions: u32,
+}
+
+impl BackendArgs {
+    fn into_settings(self, role: Role, http: Option<HttpArgs>) -> anyhow::Result<Settings> {
+        let addr = http
+            .as_ref()
+            .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |h| h.addr);
+        let mut settings = Settings::new(addr, self.data_dir);
+        settings.role = role;
+        settings.event_log = self.event_log;
+        settings.read_store = self.read_store;
+        settings.analytics = self.analytics;
+        settings.partitions = self.partitions;
+        if let Some(http) = http {
+            settings.tokens = Tokens::parse(&http.tokens)?;
+            settings.consistency_timeout = Duration::from_millis(http.consistency_timeout_ms);
+            settings.max_body_bytes = http.max_body_bytes;
+        }
+        Ok(settings)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,17 +118,15 @@ struct SeedArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
-    match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
-        Command::Seed(args) => seed(args).await,
-    }
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut settings = Settings::new(args.addr, args.data_dir);
-    settings.tokens = Tokens::parse(&args.tokens)?;
-    settings.consistency_timeout = Duration::from_millis(args.consistency_timeout_ms);
-    settings.max_body_bytes = args.max_body_bytes;
+    let settings = match Cli::parse().command {
+        Command::Serve { http, backends } => backends.into_settings(Role::Serve, Some(http))?,
+        Command::Api { http, backends } => backends.into_settings(Role::Api, Some(http))?,
+        Command::Projector {
+            projection,
+            backends,
+        } => backends.into_settings(Role::Projector { projection }, None)?,
+        Command::Seed(args) => return seed(args).await,
+    };
     let app = Application::build(settings).await?;
     app.run_until_stopped(shutdown_signal()).await
 }

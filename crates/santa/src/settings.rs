@@ -6,13 +6,33 @@ use std::time::Duration;
 
 use santa_http::Tokens;
 
-/// Everything `santa serve` needs to start.
+/// Which parts of the workshop this process runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Command API, query API and every projector, in one process.
+    Serve,
+    /// Command and query API only; stateless, run as many as you like.
+    Api,
+    /// Projection workers only: all projections, or the one named.
+    Projector { projection: Option<String> },
+}
+
+/// Everything a `santa` process needs to start.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Where to listen; port 0 picks a free port.
+    pub role: Role,
+    /// Where to listen (API roles); port 0 picks a free port.
     pub addr: SocketAddr,
     /// Where the embedded databases live.
     pub data_dir: PathBuf,
+    /// The event log: `sqlite` (embedded, under `data_dir`) or `nats://host:port`.
+    pub event_log: String,
+    /// The key-value read store: `sqlite` or `postgres://…`.
+    pub read_store: String,
+    /// The analytics store: `sqlite` or `postgres://…`.
+    pub analytics: String,
+    /// Partitions of a JetStream log; fixed when the stream is created.
+    pub partitions: u32,
     /// Bearer tokens; empty means no authentication, which is allowed on loopback only.
     pub tokens: Tokens,
     /// How long `?after=` waits for a projection.
@@ -23,12 +43,20 @@ pub struct Settings {
     pub append_queue: usize,
 }
 
+/// The backend URL that means "embedded SQLite under the data directory".
+pub const EMBEDDED: &str = "sqlite";
+
 impl Settings {
-    /// Defaults for a local server on `addr` keeping its data in `data_dir`.
+    /// Defaults for a local all-in-one server on `addr` keeping its data in `data_dir`.
     pub fn new(addr: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
         Self {
+            role: Role::Serve,
             addr,
             data_dir: data_dir.into(),
+            event_log: EMBEDDED.into(),
+            read_store: EMBEDDED.into(),
+            analytics: EMBEDDED.into(),
+            partitions: 8,
             tokens: Tokens::default(),
             consistency_timeout: Duration::from_secs(2),
             max_body_bytes: 64 * 1024,
@@ -36,14 +64,27 @@ impl Settings {
         }
     }
 
-    /// Refuses an open server on a public address.
+    /// Refuses an open server on a public address, and combinations that cannot work.
     pub fn check(&self) -> anyhow::Result<()> {
-        if !self.tokens.is_enabled() && !self.addr.ip().is_loopback() {
+        let serves_http = !matches!(self.role, Role::Projector { .. });
+        if serves_http && !self.tokens.is_enabled() && !self.addr.ip().is_loopback() {
             anyhow::bail!(
                 "refusing to listen on {} without authentication: set SANTA_TOKENS (e.g. \
                  `reader-token:read,writer-token:write,admin-token:admin+read+write`) or listen on a \
                  loopback address such as 127.0.0.1",
                 self.addr
+            );
+        }
+        if self.role != Role::Serve && self.event_log == EMBEDDED {
+            anyhow::bail!(
+                "the embedded SQLite event log belongs to one process: run `santa serve`, or give \
+                 `--event-log nats://…` to run separate `api` and `projector` processes"
+            );
+        }
+        if !(1..=1024).contains(&self.partitions) {
+            anyhow::bail!(
+                "--partitions must be between 1 and 1024, got {}",
+                self.partitions
             );
         }
         Ok(())

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, params};
 use santa_cqrs::{Position, ProjectionError};
 use santa_workshop::analytics::{
     AnalyticsChange, AnalyticsStore, LetterRow, NAME, Totals, ToyDemand,
@@ -12,9 +12,10 @@ use santa_workshop::kv::StoreError;
 
 use crate::OpenError;
 use crate::db::{Db, Durability, store_error};
-use crate::kv::{read_checkpoint, write_checkpoint};
+use crate::kv::{CHECKPOINTS_BY_PARTITION, begin_batch, read_checkpoint, write_checkpoint};
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE toys (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE toys (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         price_cents INTEGER NOT NULL
@@ -37,7 +38,9 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE toys (
         PRIMARY KEY (letter_id, toy_id)
     ) WITHOUT ROWID;
     CREATE INDEX letter_lines_toy ON letter_lines (toy_id);
-    CREATE TABLE checkpoints (projection TEXT PRIMARY KEY, position INTEGER NOT NULL);"];
+    CREATE TABLE checkpoints (projection TEXT PRIMARY KEY, position INTEGER NOT NULL);",
+    CHECKPOINTS_BY_PARTITION,
+];
 
 /// The embedded analytics store.
 #[derive(Debug, Clone)]
@@ -112,22 +115,23 @@ fn totals(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<Totals>> {
 
 #[async_trait]
 impl AnalyticsStore for SqliteAnalyticsStore {
-    async fn checkpoint(&self) -> Result<Position, StoreError> {
-        self.db.read(|conn| read_checkpoint(conn, NAME)).await
+    async fn checkpoint(&self, partition: u32) -> Result<Position, StoreError> {
+        self.db
+            .read(move |conn| read_checkpoint(conn, NAME, partition))
+            .await
     }
 
     async fn apply(
         &self,
+        partition: u32,
+        expected: Position,
         changes: Vec<(Position, AnalyticsChange)>,
     ) -> Result<(), ProjectionError> {
         self.db
-            .write(move |conn| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(store_error)?;
-                let checkpoint = read_checkpoint(&tx, NAME).map_err(store_error)?;
+            .write(move |conn| -> Result<(), ProjectionError> {
+                let tx = begin_batch(conn, NAME, partition, expected)?;
                 let mut last = None;
-                for (position, change) in changes.iter().filter(|(p, _)| *p > checkpoint) {
+                for (position, change) in changes.iter().filter(|(p, _)| *p > expected) {
                     apply_change(&tx, change).map_err(|e| ProjectionError::Event {
                         position: *position,
                         reason: e.to_string(),
@@ -135,9 +139,8 @@ impl AnalyticsStore for SqliteAnalyticsStore {
                     last = Some(*position);
                 }
                 let Some(last) = last else { return Ok(()) };
-                write_checkpoint(&tx, NAME, last).map_err(store_error)?;
-                tx.commit().map_err(store_error)?;
-                Ok(())
+                write_checkpoint(&tx, NAME, partition, last).map_err(store_error)?;
+                Ok(tx.commit().map_err(store_error)?)
             })
             .await
     }

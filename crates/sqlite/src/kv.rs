@@ -13,7 +13,8 @@ use santa_workshop::kv::{Item, KvApply, KvStore, KvWrite, StoreError};
 use crate::OpenError;
 use crate::db::{Db, Durability, store_error};
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE items (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE items (
         pk TEXT NOT NULL,
         sk TEXT NOT NULL,
         gsi1pk TEXT,
@@ -22,7 +23,20 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE items (
         PRIMARY KEY (pk, sk)
     ) WITHOUT ROWID;
     CREATE INDEX items_gsi1 ON items (gsi1pk, gsi1sk) WHERE gsi1pk IS NOT NULL;
-    CREATE TABLE checkpoints (projection TEXT PRIMARY KEY, position INTEGER NOT NULL);"];
+    CREATE TABLE checkpoints (projection TEXT PRIMARY KEY, position INTEGER NOT NULL);",
+    CHECKPOINTS_BY_PARTITION,
+];
+
+/// Migration: one checkpoint per (projection, log partition).
+pub(crate) const CHECKPOINTS_BY_PARTITION: &str = "CREATE TABLE checkpoints_v2 (
+        projection TEXT NOT NULL,
+        partition INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        PRIMARY KEY (projection, partition)
+    ) WITHOUT ROWID;
+    INSERT INTO checkpoints_v2 (projection, partition, position) SELECT projection, 0, position FROM checkpoints;
+    DROP TABLE checkpoints;
+    ALTER TABLE checkpoints_v2 RENAME TO checkpoints;";
 
 /// The embedded key-value store (`read.db`).
 #[derive(Debug, Clone)]
@@ -50,10 +64,16 @@ fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     })
 }
 
-pub(crate) fn read_checkpoint(conn: &Connection, projection: &str) -> rusqlite::Result<Position> {
+pub(crate) fn read_checkpoint(
+    conn: &Connection,
+    projection: &str,
+    partition: u32,
+) -> rusqlite::Result<Position> {
     let position: Option<u64> = conn
-        .prepare_cached("SELECT position FROM checkpoints WHERE projection = ?1")?
-        .query_row([projection], |r| r.get(0))
+        .prepare_cached(
+            "SELECT position FROM checkpoints WHERE projection = ?1 AND partition = ?2",
+        )?
+        .query_row(params![projection, partition], |r| r.get(0))
         .optional()?;
     Ok(Position::new(position.unwrap_or(0)))
 }
@@ -61,14 +81,32 @@ pub(crate) fn read_checkpoint(conn: &Connection, projection: &str) -> rusqlite::
 pub(crate) fn write_checkpoint(
     conn: &Connection,
     projection: &str,
+    partition: u32,
     position: Position,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO checkpoints (projection, position) VALUES (?1, ?2)
-         ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+        "INSERT INTO checkpoints (projection, partition, position) VALUES (?1, ?2, ?3)
+         ON CONFLICT (projection, partition) DO UPDATE SET position = excluded.position",
     )?
-    .execute(params![projection, position.get()])?;
+    .execute(params![projection, partition, position.get()])?;
     Ok(())
+}
+
+/// Opens the write transaction of a batch and checks the checkpoint is still `expected`.
+pub(crate) fn begin_batch<'c>(
+    conn: &'c mut Connection,
+    projection: &str,
+    partition: u32,
+    expected: Position,
+) -> Result<rusqlite::Transaction<'c>, ProjectionError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(store_error)?;
+    let actual = read_checkpoint(&tx, projection, partition).map_err(store_error)?;
+    if actual != expected {
+        return Err(ProjectionError::Moved { expected, actual });
+    }
+    Ok(tx)
 }
 
 /// [`KvWrite`] over an open transaction, with a write-back cache: an item read or written
@@ -145,26 +183,25 @@ fn get(conn: &Connection, pk: &str, sk: &str) -> rusqlite::Result<Option<Item>> 
 
 #[async_trait]
 impl KvStore for SqliteKvStore {
-    async fn checkpoint(&self, projection: &str) -> Result<Position, StoreError> {
+    async fn checkpoint(&self, projection: &str, partition: u32) -> Result<Position, StoreError> {
         let projection = projection.to_owned();
         self.db
-            .read(move |conn| read_checkpoint(conn, &projection))
+            .read(move |conn| read_checkpoint(conn, &projection, partition))
             .await
     }
 
     async fn apply(
         &self,
         projection: &'static str,
+        partition: u32,
+        expected: Position,
         events: Vec<Envelope>,
         apply: KvApply,
     ) -> Result<(), ProjectionError> {
         self.db
-            .write(move |conn| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(store_error)?;
-                let checkpoint = read_checkpoint(&tx, projection).map_err(store_error)?;
-                let fresh: Vec<_> = events.iter().filter(|e| e.position > checkpoint).collect();
+            .write(move |conn| -> Result<(), ProjectionError> {
+                let tx = begin_batch(conn, projection, partition, expected)?;
+                let fresh: Vec<_> = events.iter().filter(|e| e.position > expected).collect();
                 let Some(last) = fresh.last() else {
                     return Ok(());
                 };
@@ -173,9 +210,8 @@ impl KvStore for SqliteKvStore {
                     apply(&mut items, envelope)?;
                 }
                 items.flush().map_err(store_error)?;
-                write_checkpoint(&tx, projection, last.position).map_err(store_error)?;
-                tx.commit().map_err(store_error)?;
-                Ok(())
+                write_checkpoint(&tx, projection, partition, last.position).map_err(store_error)?;
+                Ok(tx.commit().map_err(store_error)?)
             })
             .await
     }

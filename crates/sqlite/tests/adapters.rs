@@ -87,14 +87,23 @@ mod projections {
         let letters = LettersProjection::new(kv.clone());
         let reports = AnalyticsProjection::new(analytics.clone());
         let batch = log.read_all(Position::ZERO, 1000).await.unwrap();
-        for _ in 0..2 {
-            // The second round is a redelivery: it must change nothing.
-            letters.apply(&batch).await.unwrap();
-            reports.apply(&batch).await.unwrap();
-        }
         let head = log.head().await.unwrap();
-        assert_eq!(letters.checkpoint().await.unwrap(), head);
-        assert_eq!(reports.checkpoint().await.unwrap(), head);
+        for expected in [Position::ZERO, head] {
+            // The second round is a redelivery at the new checkpoint: it must change nothing.
+            letters.apply(0, expected, &batch).await.unwrap();
+            reports.apply(0, expected, &batch).await.unwrap();
+        }
+        // A worker that still believes the partition is at zero is refused.
+        assert!(matches!(
+            letters.apply(0, Position::ZERO, &batch).await,
+            Err(santa_cqrs::ProjectionError::Moved { .. })
+        ));
+        assert!(matches!(
+            reports.apply(0, Position::ZERO, &batch).await,
+            Err(santa_cqrs::ProjectionError::Moved { .. })
+        ));
+        assert_eq!(letters.checkpoint(0).await.unwrap(), head);
+        assert_eq!(reports.checkpoint(0).await.unwrap(), head);
 
         let queries = LettersQueries::new(kv);
         let bear = queries.toy("teddy-bear").await.unwrap().unwrap();

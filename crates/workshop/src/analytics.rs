@@ -70,12 +70,17 @@ pub struct Totals {
 /// A relational analytics store.
 #[async_trait]
 pub trait AnalyticsStore: Send + Sync + Debug + 'static {
-    async fn checkpoint(&self) -> Result<Position, StoreError>;
+    async fn checkpoint(&self, partition: u32) -> Result<Position, StoreError>;
 
-    /// In one transaction: applies the changes above the checkpoint and moves it to the
-    /// last one.
-    async fn apply(&self, changes: Vec<(Position, AnalyticsChange)>)
-    -> Result<(), ProjectionError>;
+    /// In one transaction, if the partition's checkpoint is `expected`: applies the
+    /// changes above it and moves it to the last one. Otherwise fails with
+    /// `ProjectionError::Moved` and changes nothing.
+    async fn apply(
+        &self,
+        partition: u32,
+        expected: Position,
+        changes: Vec<(Position, AnalyticsChange)>,
+    ) -> Result<(), ProjectionError>;
 
     /// Toys by quantity requested, most wanted first.
     async fn toy_demand(&self, limit: usize) -> Result<Vec<ToyDemand>, StoreError>;
@@ -136,15 +141,20 @@ impl Projection for AnalyticsProjection {
         NAME
     }
 
-    async fn checkpoint(&self) -> Result<Position, ProjectionError> {
-        Ok(self.store.checkpoint().await?)
+    async fn checkpoint(&self, partition: u32) -> Result<Position, ProjectionError> {
+        Ok(self.store.checkpoint(partition).await?)
     }
 
-    async fn apply(&self, batch: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    async fn apply(
+        &self,
+        partition: u32,
+        expected: Position,
+        batch: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
         let changes = decode_batch(batch)?
             .iter()
             .map(|e| (e.position, change_for(e)))
             .collect();
-        self.store.apply(changes).await
+        self.store.apply(partition, expected, changes).await
     }
 }

@@ -47,14 +47,18 @@ pub type KvApply = fn(&mut dyn KvWrite, &Envelope) -> Result<(), ProjectionError
 /// A key-value read store.
 #[async_trait]
 pub trait KvStore: Send + Sync + Debug + 'static {
-    /// The named projection's checkpoint (`Position::ZERO` before its first batch).
-    async fn checkpoint(&self, projection: &str) -> Result<Position, StoreError>;
+    /// The named projection's checkpoint for a log partition (`Position::ZERO` before its
+    /// first batch).
+    async fn checkpoint(&self, projection: &str, partition: u32) -> Result<Position, StoreError>;
 
-    /// In one transaction: applies, with `apply`, every event above the projection's
-    /// checkpoint, then moves the checkpoint to the last event.
+    /// In one transaction, if the checkpoint of (projection, partition) is `expected`:
+    /// applies every event above it with `apply` and moves it to the last event.
+    /// Otherwise fails with `ProjectionError::Moved` and changes nothing.
     async fn apply(
         &self,
         projection: &'static str,
+        partition: u32,
+        expected: Position,
         events: Vec<Envelope>,
         apply: KvApply,
     ) -> Result<(), ProjectionError>;
@@ -83,7 +87,7 @@ pub struct MemoryKvStore {
 #[derive(Debug, Default, Clone)]
 struct MemoryTable {
     items: std::collections::BTreeMap<(String, String), Item>,
-    checkpoints: std::collections::HashMap<String, Position>,
+    checkpoints: std::collections::HashMap<(String, u32), Position>,
 }
 
 impl KvWrite for MemoryTable {
@@ -117,11 +121,12 @@ impl MemoryKvStore {
 
 #[async_trait]
 impl KvStore for MemoryKvStore {
-    async fn checkpoint(&self, projection: &str) -> Result<Position, StoreError> {
+    async fn checkpoint(&self, projection: &str, partition: u32) -> Result<Position, StoreError> {
+        let key = (projection.to_owned(), partition);
         Ok(self
             .table()
             .checkpoints
-            .get(projection)
+            .get(&key)
             .copied()
             .unwrap_or_default())
     }
@@ -129,22 +134,22 @@ impl KvStore for MemoryKvStore {
     async fn apply(
         &self,
         projection: &'static str,
+        partition: u32,
+        expected: Position,
         events: Vec<Envelope>,
         apply: KvApply,
     ) -> Result<(), ProjectionError> {
         let mut table = self.table();
+        let key = (projection.to_owned(), partition);
+        let actual = table.checkpoints.get(&key).copied().unwrap_or_default();
+        if actual != expected {
+            return Err(ProjectionError::Moved { expected, actual });
+        }
         // All or nothing: work on a copy, keep it only if every event applied.
         let mut draft = table.clone();
-        let checkpoint = draft
-            .checkpoints
-            .get(projection)
-            .copied()
-            .unwrap_or_default();
-        for envelope in events.iter().filter(|e| e.position > checkpoint) {
+        for envelope in events.iter().filter(|e| e.position > actual) {
             apply(&mut draft, envelope)?;
-            draft
-                .checkpoints
-                .insert(projection.to_owned(), envelope.position);
+            draft.checkpoints.insert(key.clone(), envelope.position);
         }
         *table = draft;
         Ok(())

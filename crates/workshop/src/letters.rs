@@ -99,13 +99,18 @@ impl Projection for LettersProjection {
         NAME
     }
 
-    async fn checkpoint(&self) -> Result<Position, ProjectionError> {
-        Ok(self.store.checkpoint(NAME).await?)
+    async fn checkpoint(&self, partition: u32) -> Result<Position, ProjectionError> {
+        Ok(self.store.checkpoint(NAME, partition).await?)
     }
 
-    async fn apply(&self, batch: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    async fn apply(
+        &self,
+        partition: u32,
+        expected: Position,
+        batch: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
         self.store
-            .apply(NAME, decode_batch(batch)?, apply_event)
+            .apply(NAME, partition, expected, decode_batch(batch)?, apply_event)
             .await
     }
 }
@@ -251,8 +256,8 @@ impl LettersQueries {
         Self { store }
     }
 
-    pub async fn checkpoint(&self) -> Result<Position, StoreError> {
-        self.store.checkpoint(NAME).await
+    pub async fn checkpoint(&self, partition: u32) -> Result<Position, StoreError> {
+        self.store.checkpoint(NAME, partition).await
     }
 
     pub async fn letter(&self, id: &str) -> Result<Option<LetterView>, StoreError> {

@@ -8,11 +8,13 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post, put};
-use santa_cqrs::{Position, ProjectionHandle};
+use std::time::Duration;
 
-use crate::AppState;
+use santa_cqrs::{Position, Projection};
+
 use crate::auth::{Guard, Scope, require};
 use crate::problem::ApiError;
+use crate::{AppState, ProjectionView};
 
 pub(crate) fn router(state: AppState) -> Router {
     let guard = |scope| Guard {
@@ -70,12 +72,15 @@ async fn method_not_allowed() -> ApiError {
 }
 
 impl AppState {
-    fn projection(&self, name: &str) -> Option<&ProjectionHandle> {
-        self.projections.iter().find(|p| p.name() == name)
+    fn projection(&self, name: &str) -> Option<&ProjectionView> {
+        self.projections
+            .iter()
+            .find(|p| p.projection.name() == name)
     }
 
     /// Read-your-writes: with `?after=P`, waits (bounded) until `projection` has applied
-    /// P, or answers that it is still behind.
+    /// P, or answers that it is still behind. Works across processes: the checkpoint is
+    /// read from the projection's store when the projection does not run here.
     pub(crate) async fn consistent(
         &self,
         projection: &str,
@@ -85,7 +90,8 @@ impl AppState {
         let position: Position = raw.parse().map_err(|e: santa_cqrs::InvalidPosition| {
             ApiError::bad_request("invalid-position", e.to_string()).with_field("after")
         })?;
-        let head = self.commands.log().head().await?;
+        let log = self.commands.log();
+        let head = log.head().await?;
         if position > head {
             return Err(ApiError::bad_request(
                 "invalid-position",
@@ -93,24 +99,61 @@ impl AppState {
             )
             .with_field("after"));
         }
-        let Some(handle) = self.projection(projection) else {
+        if position == Position::ZERO {
+            return Ok(());
+        }
+        let Some(view) = self.projection(projection) else {
             return Err(ApiError::internal(&UnknownProjection(
                 projection.to_owned(),
             )));
         };
+        let partition = log.partition_at(position).await?;
         let timeout = self.settings.consistency_timeout;
-        if handle.wait_for(position, timeout).await {
+        let reached = match &view.local {
+            Some(handle) if handle.serves(partition) => {
+                handle.wait_for(partition, position, timeout).await
+            }
+            _ => poll_checkpoint(view.projection.as_ref(), partition, position, timeout).await?,
+        };
+        if reached {
             return Ok(());
         }
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "projection-behind",
-            format!(
-                "the {projection} projection is at {} and did not reach position {position} within {timeout:?}; retry later",
-                handle.status().position
-            ),
+            format!("the {projection} projection did not reach position {position} within {timeout:?}; retry later"),
         )
-        .retry_after(std::time::Duration::from_secs(1)))
+        .retry_after(Duration::from_secs(1)))
+    }
+}
+
+/// How often a query waiting for another process's projection looks at its checkpoint.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
+
+async fn poll_checkpoint(
+    projection: &dyn Projection,
+    partition: u32,
+    position: Position,
+    timeout: Duration,
+) -> Result<bool, ApiError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let checkpoint = projection.checkpoint(partition).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot read a projection checkpoint");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                "the read store is unavailable right now",
+            )
+            .retry_after(Duration::from_secs(2))
+        })?;
+        if checkpoint >= position {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() + CHECKPOINT_POLL > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(CHECKPOINT_POLL).await;
     }
 }
 

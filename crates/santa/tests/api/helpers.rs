@@ -29,7 +29,7 @@ pub async fn spawn_app_with(dir: TempDir, configure: impl FnOnce(&mut Settings))
     let app = Application::build(settings)
         .await
         .expect("the application builds");
-    let base = format!("http://{}", app.addr());
+    let base = format!("http://{}", app.addr().expect("an API process listens"));
     let (stop, stopped) = oneshot::channel::<()>();
     let running = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;

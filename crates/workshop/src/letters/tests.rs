@@ -34,7 +34,7 @@ impl Fixture {
     /// Feeds every event after `after` to the projection as one batch.
     async fn project(&self, after: Position) {
         let batch = self.log.read_all(after, 10_000).await.unwrap();
-        self.projection.apply(&batch).await.unwrap();
+        self.projection.apply(0, after, &batch).await.unwrap();
     }
 }
 
@@ -117,10 +117,18 @@ async fn replaying_the_same_batch_twice_changes_nothing() {
         .unwrap();
     f.project(Position::ZERO).await;
     let once = f.store.items();
-    f.project(Position::ZERO).await;
+    let head = f.log.head().await.unwrap();
+    let batch = f.log.read_all(Position::ZERO, 10_000).await.unwrap();
+    // A worker with a stale view is refused; a redelivery at the current checkpoint is a no-op.
+    let stale = f.projection.apply(0, Position::ZERO, &batch).await;
+    assert!(
+        matches!(stale, Err(santa_cqrs::ProjectionError::Moved { actual, .. }) if actual == head),
+        "{stale:?}"
+    );
+    f.projection.apply(0, head, &batch).await.unwrap();
     assert_eq!(f.store.items(), once);
     assert_eq!(
-        f.projection.checkpoint().await.unwrap(),
+        f.projection.checkpoint(0).await.unwrap(),
         f.log.head().await.unwrap()
     );
 }
