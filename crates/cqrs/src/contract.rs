@@ -175,6 +175,25 @@ pub async fn subscriptions_catch_up_then_follow_live(log: Arc<dyn EventLog>) {
     assert_eq!(from_middle.len(), 3);
 }
 
+/// The URL of an external service a test needs, from the environment variable `var`.
+/// Without it the test says loudly that it is skipped; under `CI=true` it fails instead.
+pub fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+            panic!(
+                "{var} is not set: CI must run this test against the real service (.ci/run sets it)"
+            )
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED: {var} is not set, so this test did not run against the real service"
+            );
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -5,12 +5,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use santa_cqrs::{EventLog, Leases, LocalLeases};
+use santa_postgres::{Pg, PgAnalyticsStore, PgKvStore, PgLeases};
 use santa_sqlite::{SqliteAnalyticsStore, SqliteEventLog, SqliteKvStore, SqliteLogOptions};
 use santa_workshop::analytics::AnalyticsStore;
 use santa_workshop::kv::KvStore;
 
 use crate::Settings;
-use crate::settings::EMBEDDED;
+use crate::settings::{EMBEDDED, Role};
+
+/// Connections per PostgreSQL pool.
+const POOL: usize = 8;
 
 /// The engines a process works with.
 #[derive(Debug, Clone)]
@@ -48,23 +52,42 @@ impl Backends {
                 anyhow::bail!("--event-log: {other:?} is not an event log this build supports")
             }
         };
+        let mut leases: Arc<dyn Leases> = Arc::new(LocalLeases);
         let kv: Arc<dyn KvStore> = match scheme(&settings.read_store)? {
             Scheme::Embedded => Arc::new(SqliteKvStore::open(dir)?),
-            other => anyhow::bail!(
-                "--read-store: {other:?} is not a key-value store this build supports"
-            ),
+            Scheme::Postgres => {
+                let pg = Pg::connect(&settings.read_store, POOL)
+                    .await
+                    .context("--read-store")?;
+                // Projector processes share partitions through the read store's database.
+                if matches!(settings.role, Role::Projector { .. } | Role::Serve)
+                    && log.partitions() > 1
+                {
+                    leases = Arc::new(PgLeases::join(pg.clone()).await.context("--read-store")?);
+                }
+                Arc::new(PgKvStore::open(pg).await.context("--read-store")?)
+            }
+            Scheme::Nats => {
+                anyhow::bail!("--read-store: NATS is an event log, not a key-value store")
+            }
         };
         let analytics: Arc<dyn AnalyticsStore> = match scheme(&settings.analytics)? {
             Scheme::Embedded => Arc::new(SqliteAnalyticsStore::open(dir)?),
-            other => anyhow::bail!(
-                "--analytics: {other:?} is not an analytics store this build supports"
-            ),
+            Scheme::Postgres => {
+                let pg = Pg::connect(&settings.analytics, POOL)
+                    .await
+                    .context("--analytics")?;
+                Arc::new(PgAnalyticsStore::open(pg).await.context("--analytics")?)
+            }
+            Scheme::Nats => {
+                anyhow::bail!("--analytics: NATS is an event log, not an analytics store")
+            }
         };
         Ok(Self {
             log,
             kv,
             analytics,
-            leases: Arc::new(LocalLeases),
+            leases,
         })
     }
 }

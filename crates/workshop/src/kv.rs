@@ -187,3 +187,85 @@ impl KvStore for MemoryKvStore {
         Ok(hits)
     }
 }
+
+/// Item keys: (pk, sk).
+pub type Key = (String, String);
+
+/// Runs a batch's `apply` for a store whose reads are remote: passes over the batch in
+/// memory, collecting the keys it reads but does not know, fetches them all in one call,
+/// and passes again, until a pass reads only known keys. That pass's writes are the
+/// batch's effect: `(key, Some(item))` to put, `(key, None)` to delete.
+///
+/// Reads see earlier writes of the same pass, so events later in the batch see the effect
+/// of earlier ones, exactly as in a store transaction.
+pub async fn stage_batch<F, Fut>(
+    events: &[Envelope],
+    apply: KvApply,
+    mut fetch: F,
+) -> Result<Vec<(Key, Option<Item>)>, ProjectionError>
+where
+    F: FnMut(Vec<Key>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Item>, StoreError>>,
+{
+    /// Reads go through at most this many fetches (the letters projection needs two: a
+    /// cancelled letter, then its toys).
+    const MAX_ROUNDS: usize = 8;
+    let mut known: std::collections::HashMap<Key, Option<Item>> = std::collections::HashMap::new();
+    for _ in 0..MAX_ROUNDS {
+        let mut pass = StagedPass {
+            known: &known,
+            writes: Default::default(),
+            misses: Default::default(),
+        };
+        for envelope in events {
+            apply(&mut pass, envelope)?;
+        }
+        if pass.misses.is_empty() {
+            return Ok(pass.writes.into_iter().collect());
+        }
+        let wanted: Vec<Key> = pass.misses.into_iter().collect();
+        let found = fetch(wanted.clone()).await?;
+        known.extend(wanted.into_iter().map(|key| (key, None)));
+        known.extend(
+            found
+                .into_iter()
+                .map(|item| ((item.pk.clone(), item.sk.clone()), Some(item))),
+        );
+    }
+    Err(ProjectionError::Store(format!(
+        "a batch kept reading unknown items after {MAX_ROUNDS} fetches"
+    )))
+}
+
+struct StagedPass<'a> {
+    known: &'a std::collections::HashMap<Key, Option<Item>>,
+    writes: std::collections::HashMap<Key, Option<Item>>,
+    misses: std::collections::HashSet<Key>,
+}
+
+impl KvWrite for StagedPass<'_> {
+    fn get(&mut self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
+        let key = (pk.to_owned(), sk.to_owned());
+        if let Some(written) = self.writes.get(&key) {
+            return Ok(written.clone());
+        }
+        match self.known.get(&key) {
+            Some(item) => Ok(item.clone()),
+            None => {
+                self.misses.insert(key);
+                Ok(None)
+            }
+        }
+    }
+
+    fn put(&mut self, item: Item) -> Result<(), StoreError> {
+        self.writes
+            .insert((item.pk.clone(), item.sk.clone()), Some(item));
+        Ok(())
+    }
+
+    fn delete(&mut self, pk: &str, sk: &str) -> Result<(), StoreError> {
+        self.writes.insert((pk.to_owned(), sk.to_owned()), None);
+        Ok(())
+    }
+}

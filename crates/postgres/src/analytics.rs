@@ -1,0 +1,206 @@
+//! The analytics store on PostgreSQL (`santa_analytics` schema).
+
+use async_trait::async_trait;
+use santa_cqrs::{Position, ProjectionError};
+use santa_workshop::analytics::{
+    AnalyticsChange, AnalyticsStore, LetterRow, NAME, Totals, ToyDemand,
+};
+use santa_workshop::kv::StoreError;
+use tokio_postgres::Transaction;
+
+use crate::db::{
+    OpenError, Pg, lock_checkpoint, projection_error, read_checkpoint, store_error,
+    write_checkpoint,
+};
+
+const SCHEMA: &str = "santa_analytics";
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE santa_analytics.toys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        price_cents BIGINT NOT NULL);
+    CREATE TABLE santa_analytics.letters (
+        id TEXT PRIMARY KEY,
+        child TEXT NOT NULL,
+        country TEXT,
+        total_cents BIGINT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('submitted', 'cancelled')),
+        submitted_at TIMESTAMPTZ NOT NULL,
+        cancelled_at TIMESTAMPTZ);
+    CREATE TABLE santa_analytics.letter_lines (
+        letter_id TEXT NOT NULL,
+        toy_id TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        unit_price_cents BIGINT NOT NULL,
+        PRIMARY KEY (letter_id, toy_id));
+    CREATE INDEX letter_lines_toy ON santa_analytics.letter_lines (toy_id);
+    CREATE TABLE santa_analytics.checkpoints (
+        projection TEXT NOT NULL,
+        partition INTEGER NOT NULL,
+        position BIGINT NOT NULL,
+        PRIMARY KEY (projection, partition));"];
+
+/// The analytics store in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgAnalyticsStore {
+    pg: Pg,
+}
+
+impl PgAnalyticsStore {
+    /// Connects and brings the `santa_analytics` schema up to date.
+    pub async fn open(pg: Pg) -> Result<Self, OpenError> {
+        pg.migrate(SCHEMA, MIGRATIONS).await?;
+        Ok(Self { pg })
+    }
+
+    async fn totals(&self, sql: &str) -> Result<Vec<Totals>, StoreError> {
+        let client = self.pg.client().await?;
+        let rows = client.query(sql, &[]).await.map_err(store_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| Totals {
+                key: r.get(0),
+                letters: r.get(1),
+                quantity: r.get(2),
+                total_cents: r.get(3),
+            })
+            .collect())
+    }
+}
+
+async fn apply_change(
+    tx: &Transaction<'_>,
+    change: &AnalyticsChange,
+) -> Result<(), tokio_postgres::Error> {
+    match change {
+        AnalyticsChange::UpsertToy {
+            id,
+            name,
+            price_cents,
+        } => {
+            tx.execute(
+                "INSERT INTO santa_analytics.toys (id, name, price_cents) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents",
+                &[id, name, price_cents],
+            )
+            .await?;
+        }
+        AnalyticsChange::InsertLetter(letter) => insert_letter(tx, letter).await?,
+        AnalyticsChange::CancelLetter { id, at_ms } => {
+            tx.execute(
+                "UPDATE santa_analytics.letters SET status = 'cancelled', cancelled_at = to_timestamp($2::bigint / 1000.0)
+                 WHERE id = $1 AND status = 'submitted'",
+                &[id, at_ms],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn insert_letter(
+    tx: &Transaction<'_>,
+    letter: &LetterRow,
+) -> Result<(), tokio_postgres::Error> {
+    let inserted = tx
+        .execute(
+            "INSERT INTO santa_analytics.letters (id, child, country, total_cents, status, submitted_at)
+             VALUES ($1, $2, $3, $4, 'submitted', to_timestamp($5::bigint / 1000.0))
+             ON CONFLICT (id) DO NOTHING",
+            &[&letter.id, &letter.child, &letter.country, &letter.total_cents, &letter.submitted_at_ms],
+        )
+        .await?;
+    if inserted == 0 {
+        return Ok(());
+    }
+    let toys: Vec<&str> = letter.lines.iter().map(|l| l.toy_id.as_str()).collect();
+    let quantities: Vec<i32> = letter
+        .lines
+        .iter()
+        .map(|l| i32::try_from(l.quantity).unwrap_or(i32::MAX))
+        .collect();
+    let prices: Vec<i64> = letter.lines.iter().map(|l| l.unit_price_cents).collect();
+    tx.execute(
+        "INSERT INTO santa_analytics.letter_lines (letter_id, toy_id, quantity, unit_price_cents)
+         SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[])",
+        &[&letter.id, &toys, &quantities, &prices],
+    )
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl AnalyticsStore for PgAnalyticsStore {
+    async fn checkpoint(&self, partition: u32) -> Result<Position, StoreError> {
+        let client = self.pg.client().await?;
+        read_checkpoint(&**client, SCHEMA, NAME, partition)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn apply(
+        &self,
+        partition: u32,
+        expected: Position,
+        changes: Vec<(Position, AnalyticsChange)>,
+    ) -> Result<(), ProjectionError> {
+        let mut client = self.pg.client().await?;
+        let tx = client.transaction().await.map_err(projection_error)?;
+        lock_checkpoint(&tx, SCHEMA, NAME, partition, expected).await?;
+        let mut last = None;
+        for (position, change) in changes.iter().filter(|(p, _)| *p > expected) {
+            apply_change(&tx, change).await.map_err(projection_error)?;
+            last = Some(*position);
+        }
+        let Some(last) = last else { return Ok(()) };
+        write_checkpoint(&tx, SCHEMA, NAME, partition, last).await?;
+        tx.commit().await.map_err(projection_error)
+    }
+
+    async fn toy_demand(&self, limit: usize) -> Result<Vec<ToyDemand>, StoreError> {
+        let client = self.pg.client().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                "SELECT ll.toy_id, COALESCE(t.name, ll.toy_id), SUM(ll.quantity)::bigint, COUNT(*)::bigint,
+                        SUM(ll.quantity * ll.unit_price_cents)::bigint
+                 FROM santa_analytics.letter_lines ll
+                 JOIN santa_analytics.letters l ON l.id = ll.letter_id AND l.status = 'submitted'
+                 LEFT JOIN santa_analytics.toys t ON t.id = ll.toy_id
+                 GROUP BY ll.toy_id, t.name ORDER BY 3 DESC, 1 LIMIT $1",
+                &[&limit],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| ToyDemand {
+                toy_id: r.get(0),
+                name: r.get(1),
+                quantity: r.get(2),
+                letters: r.get(3),
+                value_cents: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn totals_by_country(&self) -> Result<Vec<Totals>, StoreError> {
+        self.totals(
+            "SELECT COALESCE(l.country, 'unknown') AS k, COUNT(DISTINCT l.id)::bigint, SUM(ll.quantity)::bigint,
+                    SUM(ll.quantity * ll.unit_price_cents)::bigint
+             FROM santa_analytics.letters l JOIN santa_analytics.letter_lines ll ON ll.letter_id = l.id
+             WHERE l.status = 'submitted' GROUP BY k ORDER BY 4 DESC, 1",
+        )
+        .await
+    }
+
+    async fn totals_by_day(&self) -> Result<Vec<Totals>, StoreError> {
+        self.totals(
+            "SELECT to_char(l.submitted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS d, COUNT(DISTINCT l.id)::bigint,
+                    SUM(ll.quantity)::bigint, SUM(ll.quantity * ll.unit_price_cents)::bigint
+             FROM santa_analytics.letters l JOIN santa_analytics.letter_lines ll ON ll.letter_id = l.id
+             WHERE l.status = 'submitted' GROUP BY d ORDER BY 1",
+        )
+        .await
+    }
+}

@@ -1,0 +1,231 @@
+//! Connection pool, migrations and error mapping.
+
+use std::str::FromStr;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use santa_cqrs::{Position, ProjectionError};
+use santa_workshop::kv::StoreError;
+use tokio_postgres::{GenericClient, NoTls};
+
+/// Failure to reach or prepare the database.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("invalid PostgreSQL URL: {0}")]
+    Url(String),
+    #[error("cannot reach PostgreSQL: {0}")]
+    Connect(String),
+    #[error("cannot migrate the `{schema}` schema: {source}")]
+    Migrate {
+        schema: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// A connection pool to one database.
+#[derive(Clone)]
+pub struct Pg {
+    pub(crate) pool: Pool,
+    pub(crate) config: tokio_postgres::Config,
+}
+
+impl std::fmt::Debug for Pg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: show only where it points.
+        f.debug_struct("Pg")
+            .field("hosts", &self.config.get_hosts().len())
+            .field("db", &self.config.get_dbname())
+            .finish()
+    }
+}
+
+impl Pg {
+    /// A pool of at most `size` connections to `url` (`postgres://user@host:port/db`).
+    pub async fn connect(url: &str, size: usize) -> Result<Self, OpenError> {
+        let config =
+            tokio_postgres::Config::from_str(url).map_err(|e| OpenError::Url(e.to_string()))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(std::time::Duration::from_secs(5)))
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        // Fail fast, with the cause, when the server is not there.
+        drop(
+            pool.get()
+                .await
+                .map_err(|e| OpenError::Connect(e.to_string()))?,
+        );
+        Ok(Self { pool, config })
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Applies the migrations `schema` has not seen, each once, in order.
+    pub(crate) async fn migrate(
+        &self,
+        schema: &'static str,
+        migrations: &[&str],
+    ) -> Result<(), OpenError> {
+        let fail = |source| OpenError::Migrate { schema, source };
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        let tx = client.transaction().await.map_err(fail)?;
+        // One migrating process at a time, whatever schema.
+        tx.execute("SELECT pg_advisory_xact_lock(7311, 1)", &[])
+            .await
+            .map_err(fail)?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.migrations (
+                 version INTEGER PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        ))
+        .await
+        .map_err(fail)?;
+        let done: i32 = tx
+            .query_one(
+                &format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.migrations"),
+                &[],
+            )
+            .await
+            .map_err(fail)?
+            .get(0);
+        for (i, migration) in migrations
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(done).unwrap_or(0))
+        {
+            tx.batch_execute(migration).await.map_err(fail)?;
+            let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+            tx.execute(
+                &format!("INSERT INTO {schema}.migrations (version) VALUES ($1)"),
+                &[&version],
+            )
+            .await
+            .map_err(fail)?;
+        }
+        tx.commit().await.map_err(fail)
+    }
+}
+
+pub(crate) fn store_error(error: tokio_postgres::Error) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+pub(crate) fn projection_error(error: tokio_postgres::Error) -> ProjectionError {
+    ProjectionError::Store(error.to_string())
+}
+
+/// Reads a checkpoint from `{schema}.checkpoints`.
+pub(crate) async fn read_checkpoint(
+    client: &impl GenericClient,
+    schema: &str,
+    projection: &str,
+    partition: u32,
+) -> Result<Position, tokio_postgres::Error> {
+    let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT position FROM {schema}.checkpoints WHERE projection = $1 AND partition = $2"
+            ),
+            &[&projection, &partition],
+        )
+        .await?;
+    Ok(Position::new(row.map_or(0, |r| {
+        u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)
+    })))
+}
+
+/// Inside `tx`: locks the checkpoint row and checks it is `expected`.
+pub(crate) async fn lock_checkpoint(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    projection: &str,
+    partition: u32,
+    expected: Position,
+) -> Result<(), ProjectionError> {
+    let part = i32::try_from(partition).unwrap_or(i32::MAX);
+    tx.execute(
+        &format!(
+            "INSERT INTO {schema}.checkpoints (projection, partition, position) VALUES ($1, $2, 0)
+             ON CONFLICT (projection, partition) DO NOTHING"
+        ),
+        &[&projection, &part],
+    )
+    .await
+    .map_err(projection_error)?;
+    let row = tx
+        .query_one(
+            &format!("SELECT position FROM {schema}.checkpoints WHERE projection = $1 AND partition = $2 FOR UPDATE"),
+            &[&projection, &part],
+        )
+        .await
+        .map_err(projection_error)?;
+    let actual = Position::new(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0));
+    if actual != expected {
+        return Err(ProjectionError::Moved { expected, actual });
+    }
+    Ok(())
+}
+
+pub(crate) async fn write_checkpoint(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    projection: &str,
+    partition: u32,
+    position: Position,
+) -> Result<(), ProjectionError> {
+    let part = i32::try_from(partition).unwrap_or(i32::MAX);
+    let position = i64::try_from(position.get()).unwrap_or(i64::MAX);
+    tx.execute(
+        &format!(
+            "UPDATE {schema}.checkpoints SET position = $3 WHERE projection = $1 AND partition = $2"
+        ),
+        &[&projection, &part, &position],
+    )
+    .await
+    .map_err(projection_error)?;
+    Ok(())
+}
+
+/// Test support: a fresh, empty database on the server of `admin_url`, so that tests never
+/// share schemas. Returns its URL.
+pub async fn fresh_database(admin_url: &str, prefix: &str) -> Result<String, OpenError> {
+    let config =
+        tokio_postgres::Config::from_str(admin_url).map_err(|e| OpenError::Url(e.to_string()))?;
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| OpenError::Connect(e.to_string()))?;
+    tokio::spawn(connection);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = format!("{prefix}_{}_{nanos}", std::process::id());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .map_err(|e| OpenError::Connect(e.to_string()))?;
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url, |(base, _)| base);
+    Ok(format!("{base}/{name}"))
+}

@@ -1,0 +1,186 @@
+//! The key-value read store on PostgreSQL: `santa_kv.items` keyed by (pk, sk) with a
+//! partial index standing in for the global secondary index.
+
+use async_trait::async_trait;
+use santa_cqrs::{Position, ProjectionError};
+use santa_workshop::Envelope;
+use santa_workshop::kv::{Item, Key, KvApply, KvStore, StoreError, stage_batch};
+use tokio_postgres::Row;
+
+use crate::db::{
+    OpenError, Pg, lock_checkpoint, projection_error, read_checkpoint, store_error,
+    write_checkpoint,
+};
+
+const SCHEMA: &str = "santa_kv";
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE santa_kv.items (
+        pk TEXT COLLATE \"C\" NOT NULL,
+        sk TEXT COLLATE \"C\" NOT NULL,
+        gsi1pk TEXT COLLATE \"C\",
+        gsi1sk TEXT COLLATE \"C\",
+        data TEXT NOT NULL,
+        PRIMARY KEY (pk, sk));
+    CREATE INDEX items_gsi1 ON santa_kv.items (gsi1pk, gsi1sk) WHERE gsi1pk IS NOT NULL;
+    CREATE TABLE santa_kv.checkpoints (
+        projection TEXT NOT NULL,
+        partition INTEGER NOT NULL,
+        position BIGINT NOT NULL,
+        PRIMARY KEY (projection, partition));"];
+
+const ITEM: &str = "SELECT pk, sk, gsi1pk, gsi1sk, data FROM santa_kv.items";
+
+/// The key-value store in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgKvStore {
+    pg: Pg,
+}
+
+impl PgKvStore {
+    /// Connects and brings the `santa_kv` schema up to date.
+    pub async fn open(pg: Pg) -> Result<Self, OpenError> {
+        pg.migrate(SCHEMA, MIGRATIONS).await?;
+        Ok(Self { pg })
+    }
+}
+
+fn row_to_item(row: &Row) -> Item {
+    Item {
+        pk: row.get(0),
+        sk: row.get(1),
+        gsi1pk: row.get(2),
+        gsi1sk: row.get(3),
+        data: row.get(4),
+    }
+}
+
+#[async_trait]
+impl KvStore for PgKvStore {
+    async fn checkpoint(&self, projection: &str, partition: u32) -> Result<Position, StoreError> {
+        let client = self.pg.client().await?;
+        read_checkpoint(&**client, SCHEMA, projection, partition)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn apply(
+        &self,
+        projection: &'static str,
+        partition: u32,
+        expected: Position,
+        events: Vec<Envelope>,
+        apply: KvApply,
+    ) -> Result<(), ProjectionError> {
+        let mut client = self.pg.client().await?;
+        let tx = client.transaction().await.map_err(projection_error)?;
+        lock_checkpoint(&tx, SCHEMA, projection, partition, expected).await?;
+        let fresh: Vec<Envelope> = events
+            .into_iter()
+            .filter(|e| e.position > expected)
+            .collect();
+        let Some(last) = fresh.last().map(|e| e.position) else {
+            return Ok(());
+        };
+        let fetch = |keys: Vec<Key>| {
+            let tx = &tx;
+            async move {
+                let (pks, sks): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+                let rows = tx
+                    .query(&format!("{ITEM} WHERE (pk, sk) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"), &[&pks, &sks])
+                    .await
+                    .map_err(store_error)?;
+                Ok(rows.iter().map(row_to_item).collect())
+            }
+        };
+        let writes = stage_batch(&fresh, apply, fetch).await?;
+        let mut put = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut del_pk, mut del_sk) = (Vec::new(), Vec::new());
+        for ((pk, sk), item) in writes {
+            match item {
+                Some(i) => {
+                    put.0.push(i.pk);
+                    put.1.push(i.sk);
+                    put.2.push(i.gsi1pk);
+                    put.3.push(i.gsi1sk);
+                    put.4.push(i.data);
+                }
+                None => {
+                    del_pk.push(pk);
+                    del_sk.push(sk);
+                }
+            }
+        }
+        if !put.0.is_empty() {
+            tx.execute(
+                "INSERT INTO santa_kv.items (pk, sk, gsi1pk, gsi1sk, data)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                 ON CONFLICT (pk, sk) DO UPDATE SET gsi1pk = excluded.gsi1pk, gsi1sk = excluded.gsi1sk,
+                 data = excluded.data",
+                &[&put.0, &put.1, &put.2, &put.3, &put.4],
+            )
+            .await
+            .map_err(projection_error)?;
+        }
+        if !del_pk.is_empty() {
+            tx.execute(
+                "DELETE FROM santa_kv.items WHERE (pk, sk) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+                &[&del_pk, &del_sk],
+            )
+            .await
+            .map_err(projection_error)?;
+        }
+        write_checkpoint(&tx, SCHEMA, projection, partition, last).await?;
+        tx.commit().await.map_err(projection_error)
+    }
+
+    async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
+        let client = self.pg.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("{ITEM} WHERE pk = $1 AND sk = $2"))
+            .await
+            .map_err(store_error)?;
+        Ok(client
+            .query_opt(&stmt, &[&pk, &sk])
+            .await
+            .map_err(store_error)?
+            .as_ref()
+            .map(row_to_item))
+    }
+
+    async fn query(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {
+        let client = self.pg.client().await?;
+        let upper = format!("{sk_prefix}\u{10FFFF}");
+        let stmt = client
+            .prepare_cached(&format!(
+                "{ITEM} WHERE pk = $1 AND sk >= $2 AND sk < $3 ORDER BY sk"
+            ))
+            .await
+            .map_err(store_error)?;
+        let rows = client
+            .query(&stmt, &[&pk, &sk_prefix, &upper])
+            .await
+            .map_err(store_error)?;
+        Ok(rows.iter().map(row_to_item).collect())
+    }
+
+    async fn query_index(
+        &self,
+        gsi1pk: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        let client = self.pg.client().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let stmt = client
+            .prepare_cached(&format!(
+                "{ITEM} WHERE gsi1pk = $1 AND gsi1sk > $2 ORDER BY gsi1sk LIMIT $3"
+            ))
+            .await
+            .map_err(store_error)?;
+        let rows = client
+            .query(&stmt, &[&gsi1pk, &after.unwrap_or(""), &limit])
+            .await
+            .map_err(store_error)?;
+        Ok(rows.iter().map(row_to_item).collect())
+    }
+}

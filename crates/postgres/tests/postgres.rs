@@ -1,0 +1,166 @@
+//! The PostgreSQL adapters against a real server (`SANTA_TEST_POSTGRES`, an admin URL such
+//! as `postgres://postgres@127.0.0.1:5432/postgres`; `.ci/run` sets it).
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+use std::sync::Arc;
+
+use santa_cqrs::memory::MemoryEventLog;
+use santa_cqrs::{EventLog, Leases, Position, Projection, ProjectionError, contract};
+use santa_domain::{CancelLetter, LetterId};
+use santa_postgres::{Pg, PgAnalyticsStore, PgKvStore, PgLeases, fresh_database};
+use santa_workshop::CommandService;
+use santa_workshop::analytics::{AnalyticsProjection, AnalyticsStore};
+use santa_workshop::kv::MemoryKvStore;
+use santa_workshop::letters::{LettersProjection, LettersQueries};
+
+async fn database() -> Option<Pg> {
+    let admin = contract::service_url("SANTA_TEST_POSTGRES")?;
+    let url = fresh_database(&admin, "santa_test").await.unwrap();
+    Some(Pg::connect(&url, 4).await.unwrap())
+}
+
+/// The demo data plus a cancellation, as one batch from an in-memory log.
+async fn events() -> (Arc<MemoryEventLog>, Vec<santa_cqrs::RecordedEvent>) {
+    let log = Arc::new(MemoryEventLog::default());
+    let commands = CommandService::new(log.clone());
+    santa_workshop::seed::seed(&commands).await.unwrap();
+    commands
+        .cancel_letter(CancelLetter {
+            id: LetterId::parse("demo-linus").unwrap(),
+        })
+        .await
+        .unwrap();
+    let batch = log.read_all(Position::ZERO, 1000).await.unwrap();
+    (log, batch)
+}
+
+#[tokio::test]
+async fn the_postgres_key_value_store_holds_exactly_what_the_reference_store_holds() {
+    let Some(pg) = database().await else { return };
+    let store = Arc::new(PgKvStore::open(pg.clone()).await.unwrap());
+    // Opening again finds the schema migrated and changes nothing.
+    PgKvStore::open(pg).await.unwrap();
+    let (log, batch) = events().await;
+    let head = log.head().await.unwrap();
+    let projection = LettersProjection::new(store.clone());
+    // In two batches, so the second reads items the first wrote.
+    let (first, second) = batch.split_at(8);
+    projection.apply(0, Position::ZERO, first).await.unwrap();
+    projection
+        .apply(0, first.last().unwrap().position, second)
+        .await
+        .unwrap();
+    let stale = projection.apply(0, Position::ZERO, &batch).await;
+    assert!(
+        matches!(stale, Err(ProjectionError::Moved { actual, .. }) if actual == head),
+        "{stale:?}"
+    );
+    projection.apply(0, head, &batch).await.unwrap();
+    assert_eq!(projection.checkpoint(0).await.unwrap(), head);
+
+    let reference = Arc::new(MemoryKvStore::default());
+    LettersProjection::new(reference.clone())
+        .apply(0, Position::ZERO, &batch)
+        .await
+        .unwrap();
+    let (pg_queries, ref_queries) = (LettersQueries::new(store), LettersQueries::new(reference));
+    for toy in ["rubiks-cube", "teddy-bear", "lego-castle", "telescope"] {
+        assert_eq!(
+            pg_queries.toy(toy).await.unwrap(),
+            ref_queries.toy(toy).await.unwrap(),
+            "{toy}"
+        );
+        assert_eq!(
+            pg_queries.toy_letters(toy, None, 50).await.unwrap(),
+            ref_queries.toy_letters(toy, None, 50).await.unwrap(),
+            "{toy}"
+        );
+    }
+    assert_eq!(
+        pg_queries.letters(None, 3).await.unwrap(),
+        ref_queries.letters(None, 3).await.unwrap()
+    );
+    let linus = pg_queries.letter("demo-linus").await.unwrap().unwrap();
+    assert_eq!(
+        linus.status,
+        santa_workshop::letters::LetterStatus::Cancelled
+    );
+}
+
+#[tokio::test]
+async fn the_postgres_analytics_store_reports_exact_totals() {
+    let Some(pg) = database().await else { return };
+    let store = Arc::new(PgAnalyticsStore::open(pg).await.unwrap());
+    let (log, batch) = events().await;
+    let projection = AnalyticsProjection::new(store.clone());
+    projection.apply(3, Position::ZERO, &batch).await.unwrap();
+    projection
+        .apply(3, log.head().await.unwrap(), &batch)
+        .await
+        .unwrap();
+    assert_eq!(
+        projection.checkpoint(3).await.unwrap(),
+        log.head().await.unwrap()
+    );
+    assert_eq!(
+        projection.checkpoint(0).await.unwrap(),
+        Position::ZERO,
+        "partitions are independent"
+    );
+    let demand = store.toy_demand(10).await.unwrap();
+    assert_eq!(
+        (
+            demand[0].toy_id.as_str(),
+            demand[0].quantity,
+            demand[0].letters
+        ),
+        ("rubiks-cube", 3, 2)
+    );
+    assert!(demand.iter().all(|d| d.toy_id != "lego-castle"));
+    let countries = store.totals_by_country().await.unwrap();
+    let gb = countries.iter().find(|t| t.key == "GB").unwrap();
+    assert_eq!(
+        (gb.letters, gb.quantity, gb.total_cents),
+        (2, 3 + 4, 12900 + 2 * 1299 + 1299 + 3 * 799)
+    );
+    let days = store.totals_by_day().await.unwrap();
+    assert_eq!(days.iter().map(|d| d.letters).sum::<i64>(), 4);
+}
+
+#[tokio::test]
+async fn leases_are_exclusive_shared_fairly_and_released_with_their_process() {
+    let Some(pg) = database().await else { return };
+    let a = PgLeases::join(pg.clone()).await.unwrap();
+    let b = PgLeases::join(pg.clone()).await.unwrap();
+    assert!(
+        a.fair_share("letters", 8).await.unwrap() <= 4,
+        "two members share eight partitions"
+    );
+    let held = a
+        .try_acquire("letters", 0)
+        .await
+        .unwrap()
+        .expect("a free partition is granted");
+    assert!(held.is_held());
+    assert!(
+        b.try_acquire("letters", 0).await.unwrap().is_none(),
+        "a held partition is not granted twice"
+    );
+    assert!(
+        b.try_acquire("analytics", 0).await.unwrap().is_some(),
+        "projections have their own partitions"
+    );
+    drop(held);
+    // The release is asynchronous; the lock is granted once it lands.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if b.try_acquire("letters", 0).await.unwrap().is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a released lease becomes free"
+        );
+        tokio::task::yield_now().await;
+    }
+}
