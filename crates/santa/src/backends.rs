@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use santa_cqrs::{EventLog, Leases, LocalLeases};
+use santa_nats::{NatsEventLog, NatsOptions};
 use santa_postgres::{Pg, PgAnalyticsStore, PgKvStore, PgLeases};
 use santa_sqlite::{SqliteAnalyticsStore, SqliteEventLog, SqliteKvStore, SqliteLogOptions};
 use santa_workshop::analytics::AnalyticsStore;
@@ -48,8 +49,19 @@ impl Backends {
                 };
                 Arc::new(SqliteEventLog::open(dir, options)?)
             }
-            other => {
-                anyhow::bail!("--event-log: {other:?} is not an event log this build supports")
+            Scheme::Nats => {
+                let options = NatsOptions {
+                    partitions: settings.partitions,
+                    ..NatsOptions::default()
+                };
+                Arc::new(
+                    NatsEventLog::connect(&settings.event_log, options)
+                        .await
+                        .context("--event-log")?,
+                )
+            }
+            Scheme::Postgres => {
+                anyhow::bail!("--event-log: PostgreSQL is a read store here, not an event log")
             }
         };
         let mut leases: Arc<dyn Leases> = Arc::new(LocalLeases);

@@ -1,0 +1,484 @@
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::{Config, DirectGetErrorKind, StorageType, Stream};
+use async_nats::jetstream::{self, Context};
+use async_trait::async_trait;
+use futures_util::{FutureExt, StreamExt};
+use santa_cqrs::{
+    EventLog, EventSource, ExpectedVersion, LogError, NewEvent, Position, RecordedEvent,
+};
+use tokio::sync::watch;
+
+/// Where and how the log lives in JetStream.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// The JetStream stream's name.
+    pub stream: String,
+    /// Subject prefix; events go to `<prefix>.<partition>.<stream>`.
+    pub prefix: String,
+    /// How many partitions events are spread over. Fixed when the stream is created.
+    pub partitions: u32,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        Self {
+            stream: "SANTA_EVENTS".into(),
+            prefix: "santa.events".into(),
+            partitions: 8,
+        }
+    }
+}
+
+/// Failure to set the log up.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot reach NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("NATS at {url} does not offer JetStream (start nats-server with -js): {reason}")]
+    NoJetStream { url: String, reason: String },
+    #[error("the JetStream stream `{stream}` conflicts with this configuration: {reason}")]
+    Conflict { stream: String, reason: String },
+}
+
+const VERSION: &str = "Santa-Version";
+const STREAM: &str = "Santa-Stream";
+const EVENT_TYPE: &str = "Santa-Event-Type";
+const SCHEMA: &str = "Santa-Schema-Version";
+const RECORDED_AT: &str = "Santa-Recorded-At";
+
+/// The event log on a JetStream stream.
+#[derive(Debug)]
+pub struct NatsEventLog {
+    jetstream: Context,
+    stream: Stream,
+    options: NatsOptions,
+    head: watch::Sender<Position>,
+}
+
+impl NatsEventLog {
+    /// Connects and creates the stream, or checks that the existing one fits.
+    pub async fn connect(url: &str, options: NatsOptions) -> Result<Self, NatsError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
+            .connect(url);
+        let client = tokio::time::timeout(Duration::from_secs(10), client)
+            .await
+            .map_err(|_| NatsError::Connect {
+                url: url.into(),
+                reason: "timed out".into(),
+            })?
+            .map_err(|e| NatsError::Connect {
+                url: url.into(),
+                reason: e.to_string(),
+            })?;
+        // Connecting succeeds lazily; a flush proves the server is there.
+        match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(NatsError::Connect {
+                    url: url.into(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(NatsError::Connect {
+                    url: url.into(),
+                    reason: "no answer within 5 s".into(),
+                });
+            }
+        }
+        let jetstream = jetstream::new(client);
+        let description = format!("Santa's Workshop events; partitions={}", options.partitions);
+        let config = Config {
+            name: options.stream.clone(),
+            subjects: vec![format!("{}.>", options.prefix)],
+            storage: StorageType::File,
+            allow_direct: true,
+            duplicate_window: Duration::from_secs(120),
+            description: Some(description.clone()),
+            ..Config::default()
+        };
+        let mut stream = jetstream.get_or_create_stream(config).await.map_err(|e| {
+            let reason = e.to_string();
+            if reason.contains("jetstream not enabled")
+                || reason.contains("503")
+                || reason.contains("no responders")
+            {
+                NatsError::NoJetStream {
+                    url: url.into(),
+                    reason,
+                }
+            } else {
+                NatsError::Conflict {
+                    stream: options.stream.clone(),
+                    reason,
+                }
+            }
+        })?;
+        let info = stream.info().await.map_err(|e| NatsError::Conflict {
+            stream: options.stream.clone(),
+            reason: e.to_string(),
+        })?;
+        if info.config.description.as_deref() != Some(description.as_str()) {
+            return Err(NatsError::Conflict {
+                stream: options.stream.clone(),
+                reason: format!(
+                    "it was created as {:?}, this process expects {description:?}; partitions cannot change",
+                    info.config.description
+                ),
+            });
+        }
+        if !info.config.allow_direct {
+            return Err(NatsError::Conflict {
+                stream: options.stream.clone(),
+                reason: "direct get is disabled".into(),
+            });
+        }
+        let head = watch::channel(Position::new(info.state.last_sequence)).0;
+        Ok(Self {
+            jetstream,
+            stream,
+            options,
+            head,
+        })
+    }
+
+    /// Deletes the stream (test clean-up).
+    pub async fn delete(self) -> Result<(), LogError> {
+        self.jetstream
+            .delete_stream(&self.options.stream)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    fn partition_of(&self, stream: &str) -> u32 {
+        let hash = stream.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        hash % self.options.partitions
+    }
+
+    fn subject(&self, stream: &str) -> String {
+        // `.` separates subject tokens; stream names never contain `~`.
+        format!(
+            "{}.{}.{}",
+            self.options.prefix,
+            self.partition_of(stream),
+            stream.replace('.', "~")
+        )
+    }
+
+    /// The last message of a subject: its sequence, version and message id.
+    async fn last_of(&self, subject: &str) -> Result<Option<(u64, u64, Option<String>)>, LogError> {
+        match self.stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => {
+                let version = header(&message.headers, VERSION)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let id = header(&message.headers, "Nats-Msg-Id").map(str::to_owned);
+                Ok(Some((message.sequence, version, id)))
+            }
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// One attempt at an append, expecting the stream's last message as it is now.
+    async fn append_once(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Position, LogError> {
+        let subject = self.subject(stream);
+        let (mut last_sequence, actual, last_id) =
+            self.last_of(&subject).await?.unwrap_or((0, 0, None));
+        if let ExpectedVersion::Exactly(expected) = expected
+            && expected != actual
+        {
+            // A repeat of the stream's newest event is answered, not refused.
+            if last_id.is_some() && events.last().map(|e| &e.event_id) == last_id.as_ref() {
+                return Ok(Position::new(last_sequence));
+            }
+            return Err(LogError::Conflict {
+                stream: stream.to_owned(),
+                expected,
+                actual,
+            });
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        // JetStream has no multi-message transaction: events of one append are published in
+        // order, each expecting the previous one, so a concurrent writer cannot interleave.
+        for (i, event) in events.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", event.event_id.as_str());
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                last_sequence.to_string().as_str(),
+            );
+            headers.insert(STREAM, stream);
+            headers.insert(VERSION, (actual + 1 + i as u64).to_string().as_str());
+            headers.insert(EVENT_TYPE, event.event_type.as_str());
+            headers.insert(SCHEMA, event.schema_version.to_string().as_str());
+            headers.insert(RECORDED_AT, now.to_string().as_str());
+            let ack = self
+                .jetstream
+                .publish_with_headers(subject.clone(), headers, event.data.clone().into())
+                .await
+                .map_err(unavailable)?
+                .await;
+            match ack {
+                Ok(ack) => last_sequence = ack.sequence,
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    let actual = self
+                        .last_of(&subject)
+                        .await?
+                        .map_or(0, |(_, version, _)| version);
+                    let expected = actual.saturating_sub(1);
+                    return Err(LogError::Conflict {
+                        stream: stream.to_owned(),
+                        expected,
+                        actual,
+                    });
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        self.note_head(last_sequence);
+        Ok(Position::new(last_sequence))
+    }
+
+    fn note_head(&self, position: u64) {
+        self.head.send_if_modified(|head| {
+            let newer = position > head.get();
+            if newer {
+                *head = Position::new(position);
+            }
+            newer
+        });
+    }
+
+    /// An ordered consumer over `filter` starting after `after`.
+    async fn reader(&self, filter: String, after: Position) -> Result<Ordered, LogError> {
+        let config = OrderedConfig {
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: after.get() + 1,
+            },
+            ..OrderedConfig::default()
+        };
+        let consumer = self
+            .stream
+            .create_consumer(config)
+            .await
+            .map_err(unavailable)?;
+        consumer.messages().await.map_err(unavailable)
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|v| v.as_str())
+}
+
+fn unavailable(error: impl std::fmt::Display) -> LogError {
+    LogError::Unavailable(error.to_string())
+}
+
+/// Rebuilds a recorded event from a JetStream message's sequence, headers and payload.
+fn recorded(
+    sequence: u64,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<RecordedEvent, LogError> {
+    let headers =
+        headers.ok_or_else(|| LogError::Corrupt(format!("message {sequence} has no headers")))?;
+    let get = |name: &str| {
+        header(headers, name)
+            .ok_or_else(|| LogError::Corrupt(format!("message {sequence} lacks {name}")))
+    };
+    let number = |name: &str| {
+        get(name)?
+            .parse::<i64>()
+            .map_err(|e| LogError::Corrupt(format!("message {sequence}: {name}: {e}")))
+    };
+    Ok(RecordedEvent {
+        position: Position::new(sequence),
+        stream: get(STREAM)?.to_owned(),
+        version: u64::try_from(number(VERSION)?).unwrap_or(0),
+        event_id: get("Nats-Msg-Id")?.to_owned(),
+        event_type: get(EVENT_TYPE)?.to_owned(),
+        schema_version: u32::try_from(number(SCHEMA)?).unwrap_or(0),
+        recorded_at_ms: number(RECORDED_AT)?,
+        data: payload.to_vec(),
+    })
+}
+
+#[async_trait]
+impl EventLog for NatsEventLog {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Position, LogError> {
+        // Versions are numbered from the last message seen, so even an unchecked append is
+        // published expecting it, and tried again when another writer got there first.
+        const ATTEMPTS: usize = 20;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.append_once(stream, expected, &events).await {
+                Err(LogError::Conflict { .. })
+                    if expected == ExpectedVersion::Any && attempt < ATTEMPTS =>
+                {
+                    continue;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, LogError> {
+        let subject = self.subject(stream);
+        let mut events = Vec::new();
+        let mut next = 1;
+        loop {
+            match self
+                .stream
+                .direct_get_next_for_subject(subject.as_str(), Some(next))
+                .await
+            {
+                Ok(message) => {
+                    next = message.sequence + 1;
+                    events.push(recorded(
+                        message.sequence,
+                        Some(&message.headers),
+                        &message.payload,
+                    )?);
+                }
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => return Ok(events),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+    }
+
+    async fn read_streams(&self, streams: &[String]) -> Result<Vec<Vec<RecordedEvent>>, LogError> {
+        futures_util::future::try_join_all(streams.iter().map(|s| self.read_stream(s))).await
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
+        let head = self.head().await?;
+        if head <= after || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut reader = self
+            .reader(format!("{}.>", self.options.prefix), after)
+            .await?;
+        let wanted = usize::try_from(head.get() - after.get())
+            .unwrap_or(usize::MAX)
+            .min(limit);
+        let mut events = Vec::with_capacity(wanted);
+        while events.len() < wanted {
+            match tokio::time::timeout(Duration::from_secs(5), reader.next()).await {
+                Ok(Some(Ok(message))) => events.push(from_message(&message)?),
+                Ok(Some(Err(e))) => return Err(unavailable(e)),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Ok(events)
+    }
+
+    async fn head(&self) -> Result<Position, LogError> {
+        let info = self.stream.get_info().await.map_err(unavailable)?;
+        self.note_head(info.state.last_sequence);
+        Ok(Position::new(info.state.last_sequence))
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Position> {
+        self.head.subscribe()
+    }
+
+    fn partitions(&self) -> u32 {
+        self.options.partitions
+    }
+
+    async fn partition_at(&self, position: Position) -> Result<u32, LogError> {
+        let message = self
+            .stream
+            .direct_get(position.get())
+            .await
+            .map_err(unavailable)?;
+        let token = message
+            .subject
+            .as_str()
+            .strip_prefix(&format!("{}.", self.options.prefix))
+            .and_then(|rest| rest.split('.').next());
+        token.and_then(|t| t.parse().ok()).ok_or_else(|| {
+            LogError::Corrupt(format!("message {position} is on an unexpected subject"))
+        })
+    }
+
+    async fn subscribe(
+        &self,
+        partition: u32,
+        after: Position,
+    ) -> Result<Option<Box<dyn EventSource>>, LogError> {
+        let reader = self
+            .reader(format!("{}.{partition}.>", self.options.prefix), after)
+            .await?;
+        Ok(Some(Box::new(PartitionReader { reader })))
+    }
+}
+
+fn from_message(message: &jetstream::Message) -> Result<RecordedEvent, LogError> {
+    let sequence = message
+        .info()
+        .map_err(|e| LogError::Corrupt(e.to_string()))?
+        .stream_sequence;
+    recorded(sequence, message.headers.as_ref(), &message.payload)
+}
+
+/// One partition, in order, live.
+struct PartitionReader {
+    reader: Ordered,
+}
+
+impl std::fmt::Debug for PartitionReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PartitionReader")
+    }
+}
+
+#[async_trait]
+impl EventSource for PartitionReader {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>, LogError> {
+        let first = match self.reader.next().await {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => return Err(unavailable(e)),
+            None => return Err(LogError::Unavailable("the partition reader ended".into())),
+        };
+        let mut batch = vec![from_message(&first)?];
+        // Then whatever has already arrived, without waiting.
+        while batch.len() < max {
+            match self.reader.next().now_or_never() {
+                Some(Some(Ok(message))) => batch.push(from_message(&message)?),
+                Some(Some(Err(e))) => return Err(unavailable(e)),
+                Some(None) | None => break,
+            }
+        }
+        Ok(batch)
+    }
+}

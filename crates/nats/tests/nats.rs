@@ -1,0 +1,161 @@
+//! The JetStream log against a real NATS server (`SANTA_TEST_NATS`, e.g.
+//! `nats://127.0.0.1:4222`; `.ci/run` sets it). Each test uses its own stream.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+use std::sync::Arc;
+
+use santa_cqrs::{EventLog, ExpectedVersion, Position, contract};
+use santa_nats::{NatsError, NatsEventLog, NatsOptions};
+
+fn options(name: &str, partitions: u32) -> NatsOptions {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let unique = format!("{name}_{}_{nanos}", std::process::id());
+    NatsOptions {
+        stream: format!("TEST_{unique}"),
+        prefix: format!("test_{unique}"),
+        partitions,
+    }
+}
+
+async fn log(name: &str, partitions: u32) -> Option<(Arc<NatsEventLog>, NatsOptions)> {
+    let url = contract::service_url("SANTA_TEST_NATS")?;
+    let options = options(name, partitions);
+    Some((
+        Arc::new(NatsEventLog::connect(&url, options.clone()).await.unwrap()),
+        options,
+    ))
+}
+
+async fn clean_up(log: Arc<NatsEventLog>) {
+    if let Ok(log) = Arc::try_unwrap(log) {
+        log.delete().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_jetstream_log_checks_expected_versions() {
+    let Some((log, _)) = log("versions", 1).await else {
+        return;
+    };
+    contract::appends_check_the_expected_version(log.clone()).await;
+    clean_up(log).await;
+}
+
+#[tokio::test]
+async fn the_jetstream_log_does_not_write_a_repeated_event_twice() {
+    let Some((log, _)) = log("dedupe", 1).await else {
+        return;
+    };
+    contract::repeated_event_ids_are_not_written_twice(log.clone()).await;
+    clean_up(log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jetstream_log_is_gap_free_under_concurrent_appends() {
+    let Some((log, _)) = log("concurrent", 1).await else {
+        return;
+    };
+    contract::concurrent_appends_are_gap_free_and_race_safely(log.clone()).await;
+    clean_up(log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jetstream_log_serves_catch_up_then_live_subscriptions() {
+    let Some((log, _)) = log("subscribe", 1).await else {
+        return;
+    };
+    contract::subscriptions_catch_up_then_follow_live(log.clone()).await;
+    clean_up(log).await;
+}
+
+#[tokio::test]
+async fn a_partition_holds_whole_streams_and_only_them() {
+    let Some((log, _)) = log("partitions", 4).await else {
+        return;
+    };
+    let mut positions = Vec::new();
+    for i in 0..20 {
+        let stream = format!("letter-p{i}");
+        let first = log
+            .append(
+                &stream,
+                ExpectedVersion::Exactly(0),
+                vec![contract::event("a")],
+            )
+            .await
+            .unwrap();
+        let second = log
+            .append(
+                &stream,
+                ExpectedVersion::Exactly(1),
+                vec![contract::event("b")],
+            )
+            .await
+            .unwrap();
+        let partition = log.partition_at(first).await.unwrap();
+        assert_eq!(
+            log.partition_at(second).await.unwrap(),
+            partition,
+            "one stream, one partition"
+        );
+        positions.push((stream, partition));
+    }
+    let dyn_log: Arc<dyn EventLog> = log.clone();
+    let mut seen = 0;
+    for partition in 0..4 {
+        let expected = positions.iter().filter(|(_, p)| *p == partition).count() * 2;
+        let mut source = santa_cqrs::subscribe(&dyn_log, partition, Position::ZERO)
+            .await
+            .unwrap();
+        let mut events = Vec::new();
+        while events.len() < expected {
+            events.extend(source.next_batch(100).await.unwrap());
+        }
+        assert_eq!(events.len(), expected);
+        assert!(
+            events.windows(2).all(|w| w[0].position < w[1].position),
+            "in log order"
+        );
+        for e in &events {
+            assert!(
+                positions
+                    .iter()
+                    .any(|(s, p)| *s == e.stream && *p == partition)
+            );
+        }
+        seen += events.len();
+    }
+    assert_eq!(seen, 40);
+    clean_up(log).await;
+}
+
+#[tokio::test]
+async fn a_stream_created_with_other_partitions_is_refused() {
+    let Some((log, options)) = log("conflict", 4).await else {
+        return;
+    };
+    let url = contract::service_url("SANTA_TEST_NATS").unwrap();
+    let other = NatsOptions {
+        partitions: 8,
+        ..options
+    };
+    let error = NatsEventLog::connect(&url, other).await.unwrap_err();
+    assert!(matches!(error, NatsError::Conflict { .. }), "{error}");
+    assert!(error.to_string().contains("partitions"), "{error}");
+    clean_up(log).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_clear_error() {
+    let Some(_) = contract::service_url("SANTA_TEST_NATS") else {
+        return;
+    };
+    // Port 1 on loopback: nothing listens there.
+    let error = NatsEventLog::connect("nats://127.0.0.1:1", options("down", 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, NatsError::Connect { .. }), "{error}");
+}
