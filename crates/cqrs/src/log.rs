@@ -99,6 +99,11 @@ pub trait EventLog: Send + Sync + Debug + 'static {
         1
     }
 
+    /// The newest position in each partition (`Position::ZERO` for an empty one).
+    async fn partition_heads(&self) -> Result<Vec<Position>, LogError> {
+        Ok(vec![self.head().await?])
+    }
+
     /// The partition that holds the event at `position` (read-your-writes across
     /// processes needs it to know which checkpoint to wait for).
     async fn partition_at(&self, _position: Position) -> Result<u32, LogError> {

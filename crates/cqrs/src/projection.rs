@@ -188,6 +188,9 @@ impl std::fmt::Debug for ProjectionRunner {
     }
 }
 
+/// How often an idle worker looks at its lease and its share of the work.
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// How long a worker without a lease waits before asking again.
 const LEASE_POLL: Duration = Duration::from_millis(500);
 
@@ -367,8 +370,13 @@ impl ProjectionRunner {
                     );
                     return Continue(());
                 }
+                // Wake up now and then even when idle, to notice a lost lease or a new
+                // process to share the work with.
                 let batch = tokio::select! {
-                    batch = source.next_batch(self.batch_size) => batch,
+                    batch = tokio::time::timeout(RECHECK, source.next_batch(self.batch_size)) => match batch {
+                        Ok(batch) => batch,
+                        Err(_idle) => continue,
+                    },
                     () = &mut *shutdown => return Break(()),
                 };
                 let batch = match batch {

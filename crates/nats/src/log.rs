@@ -415,6 +415,18 @@ impl EventLog for NatsEventLog {
         self.options.partitions
     }
 
+    async fn partition_heads(&self) -> Result<Vec<Position>, LogError> {
+        let heads = (0..self.options.partitions).map(|p| {
+            let filter = format!("{}.{p}.>", self.options.prefix);
+            async move {
+                self.last_of(&filter)
+                    .await
+                    .map(|last| Position::new(last.map_or(0, |(seq, _, _)| seq)))
+            }
+        });
+        futures_util::future::try_join_all(heads).await
+    }
+
     async fn partition_at(&self, position: Position) -> Result<u32, LogError> {
         let message = self
             .stream

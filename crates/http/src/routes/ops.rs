@@ -62,13 +62,14 @@ pub(crate) async fn projections(
 async fn projection_report(state: &AppState) -> Result<ProjectionsResponse, ApiError> {
     let log = state.commands.log();
     let head = log.head().await?.get();
+    let heads = log.partition_heads().await?;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let mut projections = Vec::new();
     for view in state.projections.iter() {
-        let mut partitions = Vec::new();
-        for partition in 0..log.partitions() {
+        let mut partitions = Vec::with_capacity(heads.len());
+        for partition in 0..heads.len() as u32 {
             let checkpoint = view.projection.checkpoint(partition).await.map_err(|e| {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -79,10 +80,16 @@ async fn projection_report(state: &AppState) -> Result<ProjectionsResponse, ApiE
             })?;
             partitions.push(checkpoint.get());
         }
-        let position = partitions.iter().copied().min().unwrap_or(0);
-        // With one partition this is exact; with several it is an upper bound (events
-        // after the slowest partition's checkpoint).
-        let lag_events = head.saturating_sub(position);
+        // A partition that is caught up counts as at the head; the projection is as far as
+        // its slowest partition that is behind.
+        let behind = || partitions.iter().zip(&heads).filter(|(c, h)| h.get() > **c);
+        let position = behind().map(|(c, _)| *c).min().unwrap_or(head);
+        // Exact with one partition; with several, positions interleave and this is an
+        // upper bound.
+        let lag_events: u64 = behind()
+            .map(|(c, h)| h.get() - c)
+            .sum::<u64>()
+            .min(head.saturating_sub(position));
         let local = view.local.as_ref().map(|h| h.status());
         let lag_seconds = match (lag_events, local.as_ref().and_then(|s| s.last_event_at_ms)) {
             (0, _) | (_, None) => 0.0,
