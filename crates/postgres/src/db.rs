@@ -125,12 +125,20 @@ impl Pg {
     }
 }
 
+/// The error with the server's own message, which `Display` leaves out.
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
+
 pub(crate) fn store_error(error: tokio_postgres::Error) -> StoreError {
-    StoreError::Unavailable(error.to_string())
+    StoreError::Unavailable(describe(&error))
 }
 
 pub(crate) fn projection_error(error: tokio_postgres::Error) -> ProjectionError {
-    ProjectionError::Store(error.to_string())
+    ProjectionError::Store(describe(&error))
 }
 
 /// Reads a checkpoint from `{schema}.checkpoints`.

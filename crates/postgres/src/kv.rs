@@ -85,6 +85,18 @@ impl KvStore for PgKvStore {
             let tx = &tx;
             async move {
                 let (pks, sks): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+                // Items are read to be changed (a toy's counters by letters of every
+                // partition): serialise read-modify-write per item across transactions.
+                // Locks are taken in hash order; a rare deadlock across fetch rounds is
+                // detected by PostgreSQL and the batch is retried.
+                tx.execute(
+                    "SELECT count(pg_advisory_xact_lock(7315, h)) FROM (
+                         SELECT DISTINCT hashtext(pk || '|' || sk) AS h
+                         FROM UNNEST($1::text[], $2::text[]) AS k (pk, sk) ORDER BY h) AS ordered",
+                    &[&pks, &sks],
+                )
+                .await
+                .map_err(store_error)?;
                 let rows = tx
                     .query(&format!("{ITEM} WHERE (pk, sk) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"), &[&pks, &sks])
                     .await
@@ -92,7 +104,10 @@ impl KvStore for PgKvStore {
                 Ok(rows.iter().map(row_to_item).collect())
             }
         };
-        let writes = stage_batch(&fresh, apply, fetch).await?;
+        let mut writes = stage_batch(&fresh, apply, fetch).await?;
+        // Rows in key order: transactions of different partitions that touch the same
+        // items (a toy's counters) then lock them in the same order and never deadlock.
+        writes.sort_by(|a, b| a.0.cmp(&b.0));
         let mut put = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut del_pk, mut del_sk) = (Vec::new(), Vec::new());
         for ((pk, sk), item) in writes {

@@ -51,8 +51,9 @@ impl Backends {
             }
             Scheme::Nats => {
                 let options = NatsOptions {
+                    stream: settings.nats_stream.clone(),
+                    prefix: settings.nats_stream.to_ascii_lowercase().replace('_', "."),
                     partitions: settings.partitions,
-                    ..NatsOptions::default()
                 };
                 Arc::new(
                     NatsEventLog::connect(&settings.event_log, options)

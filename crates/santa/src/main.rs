@@ -83,6 +83,10 @@ struct BackendArgs {
     /// Partitions of the JetStream log (fixed when its stream is first created).
     #[arg(long, env = "SANTA_PARTITIONS", default_value_t = 8)]
     partitions: u32,
+    /// The JetStream stream holding the events; its subjects follow its name
+    /// (`SANTA_EVENTS` → `santa.events.>`).
+    #[arg(long, env = "SANTA_NATS_STREAM", default_value = "SANTA_EVENTS")]
+    nats_stream: String,
 }
 
 impl BackendArgs {
@@ -96,6 +100,7 @@ impl BackendArgs {
         settings.read_store = self.read_store;
         settings.analytics = self.analytics;
         settings.partitions = self.partitions;
+        settings.nats_stream = self.nats_stream;
         if let Some(http) = http {
             settings.tokens = Tokens::parse(&http.tokens)?;
             settings.consistency_timeout = Duration::from_millis(http.consistency_timeout_ms);

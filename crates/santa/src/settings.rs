@@ -33,6 +33,9 @@ pub struct Settings {
     pub analytics: String,
     /// Partitions of a JetStream log; fixed when the stream is created.
     pub partitions: u32,
+    /// The JetStream stream's name; its subjects are the name in lower case with `_` as `.`
+    /// (`SANTA_EVENTS` → `santa.events.>`).
+    pub nats_stream: String,
     /// Bearer tokens; empty means no authentication, which is allowed on loopback only.
     pub tokens: Tokens,
     /// How long `?after=` waits for a projection.
@@ -57,6 +60,7 @@ impl Settings {
             read_store: EMBEDDED.into(),
             analytics: EMBEDDED.into(),
             partitions: 8,
+            nats_stream: "SANTA_EVENTS".into(),
             tokens: Tokens::default(),
             consistency_timeout: Duration::from_secs(2),
             max_body_bytes: 64 * 1024,
@@ -79,6 +83,20 @@ impl Settings {
             anyhow::bail!(
                 "the embedded SQLite event log belongs to one process: run `santa serve`, or give \
                  `--event-log nats://…` to run separate `api` and `projector` processes"
+            );
+        }
+        if self.nats_stream.is_empty()
+            || !self
+                .nats_stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || self.nats_stream.starts_with('_')
+            || self.nats_stream.ends_with('_')
+            || self.nats_stream.contains("__")
+        {
+            anyhow::bail!(
+                "--nats-stream must be letters and digits separated by single `_`, got `{}`",
+                self.nats_stream
             );
         }
         if !(1..=1024).contains(&self.partitions) {

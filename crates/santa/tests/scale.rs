@@ -1,0 +1,320 @@
+//! Scaled out on real engines: two `santa api` and two `santa projector` processes on
+//! NATS JetStream and PostgreSQL (`SANTA_TEST_NATS`, `SANTA_TEST_POSTGRES`).
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::{Client, StatusCode};
+use santa_cqrs::contract::service_url;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+const TOYS: [(&str, i64); 4] = [("kite", 125), ("drum", 990), ("yo-yo", 300), ("top", 45)];
+
+/// Child processes, killed when the test ends however it ends.
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+struct Cluster {
+    processes: Processes,
+    apis: Vec<String>,
+    http: Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn santa(args: &[&str], backends: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_santa"))
+        .args(args)
+        .args(backends)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn start() -> Option<Cluster> {
+    let nats = service_url("SANTA_TEST_NATS")?;
+    let admin = service_url("SANTA_TEST_POSTGRES")?;
+    let db = santa_postgres::fresh_database(&admin, "santa_test")
+        .await
+        .unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let stream = format!("SCALE_{}_{nanos}", std::process::id());
+    let backends = vec![
+        format!("--event-log={nats}"),
+        format!("--read-store={db}"),
+        format!("--analytics={db}"),
+        format!("--nats-stream={stream}"),
+        "--partitions=8".to_owned(),
+        "--data-dir=/nonexistent-santa-test".to_owned(),
+    ];
+    let mut processes = Processes(Vec::new());
+    let mut apis = Vec::new();
+    for _ in 0..2 {
+        let port = free_port();
+        processes.0.push(santa(
+            &["api", &format!("--addr=127.0.0.1:{port}")],
+            &backends,
+        ));
+        apis.push(format!("http://127.0.0.1:{port}"));
+    }
+    for _ in 0..2 {
+        processes.0.push(santa(&["projector"], &backends));
+    }
+    let http = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    for api in &apis {
+        wait_until(Duration::from_secs(60), || async {
+            http.get(format!("{api}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        })
+        .await;
+    }
+    Some(Cluster {
+        processes,
+        apis,
+        http,
+    })
+}
+
+async fn wait_until<F, Fut>(limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the test sent and got acknowledged.
+#[derive(Default)]
+struct Sent {
+    letters: HashMap<String, Vec<(&'static str, i64)>>,
+}
+
+impl Cluster {
+    /// Submits `count` letters with ids `{tag}-n` from 64 concurrent clients across both
+    /// APIs; returns the acknowledged ones.
+    async fn burst(
+        &self,
+        tag: &str,
+        count: usize,
+        on_progress: impl Fn(usize) + Send + Sync + 'static,
+    ) -> Sent {
+        let on_progress = std::sync::Arc::new(on_progress);
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        let clients = 64;
+        for c in 0..clients {
+            let (http, apis, tag) = (self.http.clone(), self.apis.clone(), tag.to_owned());
+            let (done, on_progress) = (done.clone(), on_progress.clone());
+            tasks.spawn(async move {
+                let mut sent = Vec::new();
+                for i in (c..count).step_by(clients) {
+                    let lines: Vec<(&'static str, i64)> = TOYS
+                        .iter()
+                        .enumerate()
+                        .filter(|(t, _)| (i + t) % 3 != 0)
+                        .map(|(_, (toy, _))| (*toy, (i % 5 + 1) as i64))
+                        .collect();
+                    let id = format!("{tag}-{i}");
+                    let body = json!({
+                        "id": id, "child": "Ada", "address": "1 Snow Lane", "country": "FI",
+                        "toys": lines.iter().map(|(t, q)| json!({"toy_id": t, "quantity": q})).collect::<Vec<_>>(),
+                    });
+                    let api = &apis[i % apis.len()];
+                    let response = http.post(format!("{api}/letters")).json(&body).send().await.unwrap();
+                    assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap());
+                    sent.push((id, lines));
+                    on_progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+                }
+                sent
+            });
+        }
+        let mut all = Sent::default();
+        while let Some(batch) = tasks.join_next().await {
+            all.letters.extend(batch.unwrap());
+        }
+        all
+    }
+
+    async fn get(&self, api: usize, path: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.apis[api]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    /// Waits until every projection has applied the whole log.
+    async fn caught_up(&self, limit: Duration) {
+        wait_until(limit, || async {
+            let status = self.get(0, "/admin/projections").await;
+            status["projections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["lag_events"] == 0)
+        })
+        .await;
+    }
+
+    /// Both read stores hold exactly the acknowledged letters, with exact totals and
+    /// demand, and both APIs answer alike.
+    async fn check(&self, sent: &Sent) {
+        let prices: HashMap<&str, i64> = TOYS.into_iter().collect();
+        let mut listed = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = cursor
+                .as_ref()
+                .map_or("/letters?limit=500".to_owned(), |c| {
+                    format!("/letters?limit=500&cursor={c}")
+                });
+            let page = self.get(0, &path).await;
+            for letter in page["letters"].as_array().unwrap() {
+                let id = letter["id"].as_str().unwrap();
+                let Some(lines) = sent.letters.get(id) else {
+                    panic!("letter {id} was not acknowledged: {letter}")
+                };
+                let total: i64 = lines.iter().map(|(t, q)| prices[t] * q).sum();
+                assert_eq!(letter["total_cents"], total);
+                listed += 1;
+            }
+            match page["next"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(
+            listed,
+            sent.letters.len(),
+            "every acknowledged letter, once"
+        );
+        let report = self.get(0, "/analytics/toys").await;
+        for (toy, _) in TOYS {
+            let quantity: i64 = sent
+                .letters
+                .values()
+                .flatten()
+                .filter(|(t, _)| *t == toy)
+                .map(|(_, q)| q)
+                .sum();
+            let letters = sent
+                .letters
+                .values()
+                .filter(|lines| lines.iter().any(|(t, _)| *t == toy))
+                .count();
+            let view = self.get(1, &format!("/toys/{toy}")).await;
+            assert_eq!(view["demand"]["total_quantity"], quantity, "{toy}");
+            assert_eq!(view["demand"]["letter_count"], letters, "{toy}");
+            let row = report["toys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["toy_id"] == toy)
+                .unwrap();
+            assert_eq!(row["total_quantity"], quantity, "{toy} in analytics");
+            assert_eq!(row["letter_count"], letters, "{toy} in analytics");
+        }
+        for path in [
+            "/toys",
+            "/analytics/toys",
+            "/analytics/countries",
+            "/letters?limit=20",
+        ] {
+            assert_eq!(
+                self.get(0, path).await,
+                self.get(1, path).await,
+                "{path} through either API"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_apis_and_two_projectors_share_the_work_and_survive_a_killed_projector() {
+    let Some(mut cluster) = start().await else {
+        return;
+    };
+    assert_eq!(cluster.processes.0.len(), 4);
+    for (toy, price) in TOYS {
+        let body = json!({"name": toy, "description": "", "price_cents": price});
+        let response = cluster
+            .http
+            .put(format!("{}/toys/{toy}", cluster.apis[0]))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+
+    let started = Instant::now();
+    let mut sent = cluster.burst("a", 10_000, |_| {}).await;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "10000 letters acknowledged in {elapsed:?} ({:.0}/s)",
+        10_000.0 / elapsed.as_secs_f64()
+    );
+    cluster.caught_up(Duration::from_secs(120)).await;
+    eprintln!(
+        "projections caught up {:?} after the last acknowledgement",
+        started.elapsed() - elapsed
+    );
+    cluster.check(&sent).await;
+
+    // Kill one projector (SIGKILL) a third of the way into a second burst.
+    let mut victim = cluster.processes.0.remove(2);
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let kill_tx = std::sync::Mutex::new(Some(kill_tx));
+    let second = cluster.burst("b", 3_000, move |done| {
+        if done == 1_000
+            && let Some(tx) = kill_tx.lock().unwrap().take()
+        {
+            let _ = tx.send(());
+        }
+    });
+    let killer = async {
+        kill_rx.await.unwrap();
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+    };
+    let (second, ()) = tokio::join!(second, killer);
+    sent.letters.extend(second.letters);
+    cluster.caught_up(Duration::from_secs(120)).await;
+    cluster.check(&sent).await;
+}
