@@ -141,7 +141,7 @@ pub async fn subscriptions_catch_up_then_follow_live(log: Arc<dyn EventLog>) {
         .await
         .unwrap();
     }
-    let mut sub = crate::subscribe(&log, 0, start).await.unwrap();
+    let mut sub = crate::subscribe(&log, "contract", 0, start).await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 5 {
         seen.extend(sub.next_batch(2).await.unwrap());

@@ -110,10 +110,12 @@ pub trait EventLog: Send + Sync + Debug + 'static {
         Ok(0)
     }
 
-    /// A reader of one partition after `after`, if the log has its own; `None` means
-    /// "use [`Subscription`] over `read_all`", which suits single-partition logs.
+    /// A reader named `reader` (one per projection) of one partition after `after`, if the
+    /// log has its own; `None` means "use [`Subscription`] over `read_all`", which suits
+    /// single-partition logs.
     async fn subscribe(
         &self,
+        _reader: &str,
         _partition: u32,
         _after: Position,
     ) -> Result<Option<Box<dyn EventSource>>, LogError> {
@@ -130,15 +132,23 @@ pub trait EventLog: Send + Sync + Debug + 'static {
 pub trait EventSource: Send + Debug {
     /// The next events, at most `max`, waiting until there is at least one.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>, LogError>;
+
+    /// The reader's owner durably applied everything returned so far (logs that track
+    /// consumers acknowledge it to the broker).
+    async fn committed(&mut self) -> Result<(), LogError> {
+        Ok(())
+    }
 }
 
-/// Opens the reader of `partition` after `after`: the log's own, or a [`Subscription`].
+/// Opens the reader `reader` of `partition` after `after`: the log's own, or a
+/// [`Subscription`].
 pub async fn subscribe(
     log: &Arc<dyn EventLog>,
+    reader: &str,
     partition: u32,
     after: Position,
 ) -> Result<Box<dyn EventSource>, LogError> {
-    Ok(match log.subscribe(partition, after).await? {
+    Ok(match log.subscribe(reader, partition, after).await? {
         Some(source) => source,
         None => Box::new(Subscription::new(log.clone(), after)),
     })

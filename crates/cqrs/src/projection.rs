@@ -334,7 +334,7 @@ impl ProjectionRunner {
                 s.state = ProjectionState::Running;
             });
             tracing::info!(partition, position = %checkpoint, "projection following the log");
-            let mut source = match subscribe(&self.log, partition, checkpoint).await {
+            let mut source = match subscribe(&self.log, name, partition, checkpoint).await {
                 Ok(source) => source,
                 Err(error) => {
                     self.report_failure(&error.into());
@@ -396,6 +396,10 @@ impl ProjectionRunner {
                 match self.projection.apply(partition, checkpoint, &batch).await {
                     Ok(()) => {
                         checkpoint = position;
+                        if let Err(error) = source.committed().await {
+                            // The store holds the progress; the broker only hears of it.
+                            tracing::debug!(partition, %error, "could not acknowledge to the log");
+                        }
                         self.status.send_modify(|s| {
                             s.partitions[partition as usize] = Some(position);
                             s.last_event_at_ms = s.last_event_at_ms.max(Some(recorded_at));

@@ -1,8 +1,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::{Config, DirectGetErrorKind, StorageType, Stream};
 use async_nats::jetstream::{self, Context};
@@ -445,13 +445,44 @@ impl EventLog for NatsEventLog {
 
     async fn subscribe(
         &self,
+        reader: &str,
         partition: u32,
         after: Position,
     ) -> Result<Option<Box<dyn EventSource>>, LogError> {
-        let reader = self
-            .reader(format!("{}.{partition}.>", self.options.prefix), after)
-            .await?;
-        Ok(Some(Box::new(PartitionReader { reader })))
+        // One durable consumer per (reader, partition), made anew from the reader's own
+        // checkpoint each time it starts following: its progress lives in the read store,
+        // and the broker's ack floor mirrors it for operators.
+        let name = format!("{reader}-{partition}");
+        match self.stream.delete_consumer(&name).await {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("not found") => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+        let config = pull::Config {
+            durable_name: Some(name),
+            description: Some(format!(
+                "Santa's Workshop: {reader} projection, partition {partition}"
+            )),
+            filter_subject: format!("{}.{partition}.>", self.options.prefix),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: after.get() + 1,
+            },
+            ack_policy: AckPolicy::All,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 20_000,
+            ..pull::Config::default()
+        };
+        let consumer = self
+            .stream
+            .create_consumer(config)
+            .await
+            .map_err(unavailable)?;
+        let messages = consumer.messages().await.map_err(unavailable)?;
+        Ok(Some(Box::new(PartitionReader {
+            messages,
+            last: after.get(),
+            unacked: None,
+        })))
     }
 }
 
@@ -463,34 +494,63 @@ fn from_message(message: &jetstream::Message) -> Result<RecordedEvent, LogError>
     recorded(sequence, message.headers.as_ref(), &message.payload)
 }
 
-/// One partition, in order, live.
+/// One partition, in order, live, acknowledged after each commit.
 struct PartitionReader {
-    reader: Ordered,
+    messages: pull::Stream,
+    /// The newest stream sequence handed out; redeliveries at or below it are dropped.
+    last: u64,
+    /// The newest message handed out and not yet acknowledged.
+    unacked: Option<jetstream::Message>,
 }
 
 impl std::fmt::Debug for PartitionReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PartitionReader")
+        f.debug_struct("PartitionReader")
+            .field("last", &self.last)
+            .finish()
+    }
+}
+
+impl PartitionReader {
+    /// Turns a delivery into an event, or `None` for a redelivery of one already handed out.
+    fn accept(&mut self, message: jetstream::Message) -> Result<Option<RecordedEvent>, LogError> {
+        let event = from_message(&message)?;
+        if event.position.get() <= self.last {
+            return Ok(None);
+        }
+        self.last = event.position.get();
+        self.unacked = Some(message);
+        Ok(Some(event))
     }
 }
 
 #[async_trait]
 impl EventSource for PartitionReader {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>, LogError> {
-        let first = match self.reader.next().await {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => return Err(unavailable(e)),
-            None => return Err(LogError::Unavailable("the partition reader ended".into())),
-        };
-        let mut batch = vec![from_message(&first)?];
+        let mut batch = Vec::new();
+        while batch.is_empty() {
+            match self.messages.next().await {
+                Some(Ok(message)) => batch.extend(self.accept(message)?),
+                Some(Err(e)) => return Err(unavailable(e)),
+                None => return Err(LogError::Unavailable("the partition consumer ended".into())),
+            }
+        }
         // Then whatever has already arrived, without waiting.
         while batch.len() < max {
-            match self.reader.next().now_or_never() {
-                Some(Some(Ok(message))) => batch.push(from_message(&message)?),
+            match self.messages.next().now_or_never() {
+                Some(Some(Ok(message))) => batch.extend(self.accept(message)?),
                 Some(Some(Err(e))) => return Err(unavailable(e)),
                 Some(None) | None => break,
             }
         }
         Ok(batch)
+    }
+
+    async fn committed(&mut self) -> Result<(), LogError> {
+        // With `AckPolicy::All`, acknowledging the newest acknowledges everything before it.
+        match self.unacked.take() {
+            Some(message) => message.ack().await.map_err(unavailable),
+            None => Ok(()),
+        }
     }
 }

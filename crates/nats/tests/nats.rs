@@ -107,7 +107,7 @@ async fn a_partition_holds_whole_streams_and_only_them() {
     let mut seen = 0;
     for partition in 0..4 {
         let expected = positions.iter().filter(|(_, p)| *p == partition).count() * 2;
-        let mut source = santa_cqrs::subscribe(&dyn_log, partition, Position::ZERO)
+        let mut source = santa_cqrs::subscribe(&dyn_log, "test", partition, Position::ZERO)
             .await
             .unwrap();
         let mut events = Vec::new();

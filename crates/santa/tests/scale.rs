@@ -29,6 +29,8 @@ struct Cluster {
     processes: Processes,
     apis: Vec<String>,
     http: Client,
+    nats: String,
+    stream: String,
 }
 
 fn free_port() -> u16 {
@@ -317,4 +319,12 @@ async fn two_apis_and_two_projectors_share_the_work_and_survive_a_killed_project
     sent.letters.extend(second.letters);
     cluster.caught_up(Duration::from_secs(120)).await;
     cluster.check(&sent).await;
+
+    drop(cluster.processes);
+    let options = santa_nats::NatsOptions {
+        prefix: cluster.stream.to_ascii_lowercase().replace('_', "."),
+        stream: cluster.stream,
+        partitions: 8,
+    };
+    santa_nats::NatsEventLog::connect(&cluster.nats, options).await.unwrap().delete().await.unwrap();
 }
