@@ -100,6 +100,8 @@ async fn start() -> Option<Cluster> {
         processes,
         apis,
         http,
+        nats,
+        stream,
     })
 }
 
@@ -326,5 +328,10 @@ async fn two_apis_and_two_projectors_share_the_work_and_survive_a_killed_project
         stream: cluster.stream,
         partitions: 8,
     };
-    santa_nats::NatsEventLog::connect(&cluster.nats, options).await.unwrap().delete().await.unwrap();
+    santa_nats::NatsEventLog::connect(&cluster.nats, options)
+        .await
+        .unwrap()
+        .delete()
+        .await
+        .unwrap();
 }
