@@ -107,6 +107,7 @@ impl NatsEventLog {
         let mut stream = jetstream.get_or_create_stream(config).await.map_err(|e| {
             let reason = e.to_string();
             if reason.contains("jetstream not enabled")
+                || reason.contains("jetstream unavailable")
                 || reason.contains("503")
                 || reason.contains("no responders")
             {

@@ -159,3 +159,42 @@ async fn an_unreachable_server_is_a_clear_error() {
         .unwrap_err();
     assert!(matches!(error, NatsError::Connect { .. }), "{error}");
 }
+
+#[tokio::test]
+async fn a_server_without_jetstream_is_named_as_such() {
+    let Some(_) = contract::service_url("SANTA_TEST_NATS") else {
+        return;
+    };
+    // A plain NATS server of our own, without -js, on a free loopback port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let binary = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+        "/usr/sbin/nats-server"
+    } else {
+        "nats-server"
+    };
+    let mut server = std::process::Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server is installed beside the NATS service");
+    let url = format!("nats://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let outcome = loop {
+        match NatsEventLog::connect(&url, options("nojs", 1)).await {
+            Err(NatsError::Connect { .. }) if tokio::time::Instant::now() < deadline => {
+                // The server is still starting.
+                tokio::task::yield_now().await;
+            }
+            other => break other,
+        }
+    };
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let error = outcome.unwrap_err();
+    assert!(matches!(error, NatsError::NoJetStream { .. }), "{error}");
+}
