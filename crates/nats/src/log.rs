@@ -54,6 +54,7 @@ const RECORDED_AT: &str = "Santa-Recorded-At";
 /// The event log on a JetStream stream.
 #[derive(Debug)]
 pub struct NatsEventLog {
+    client: async_nats::Client,
     jetstream: Context,
     stream: Stream,
     options: NatsOptions,
@@ -93,7 +94,7 @@ impl NatsEventLog {
                 });
             }
         }
-        let jetstream = jetstream::new(client);
+        let jetstream = jetstream::new(client.clone());
         let description = format!("Santa's Workshop events; partitions={}", options.partitions);
         let config = Config {
             name: options.stream.clone(),
@@ -143,6 +144,7 @@ impl NatsEventLog {
         }
         let head = watch::channel(Position::new(info.state.last_sequence)).0;
         Ok(Self {
+            client,
             jetstream,
             stream,
             options,
@@ -157,6 +159,17 @@ impl NatsEventLog {
             .await
             .map(drop)
             .map_err(unavailable)
+    }
+
+    /// Fails at once, instead of after the request timeout, while the connection is down
+    /// (the client reconnects by itself meanwhile).
+    fn connected(&self) -> Result<(), LogError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(LogError::Unavailable(format!(
+                "not connected to NATS ({state:?})"
+            ))),
+        }
     }
 
     fn partition_of(&self, stream: &str) -> u32 {
@@ -331,6 +344,7 @@ impl EventLog for NatsEventLog {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Position, LogError> {
+        self.connected()?;
         // Versions are numbered from the last message seen, so even an unchecked append is
         // published expecting it, and tried again when another writer got there first.
         const ATTEMPTS: usize = 20;
@@ -349,6 +363,7 @@ impl EventLog for NatsEventLog {
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, LogError> {
+        self.connected()?;
         let subject = self.subject(stream);
         let mut events = Vec::new();
         let mut next = 1;
@@ -403,6 +418,7 @@ impl EventLog for NatsEventLog {
     }
 
     async fn head(&self) -> Result<Position, LogError> {
+        self.connected()?;
         let info = self.stream.get_info().await.map_err(unavailable)?;
         self.note_head(info.state.last_sequence);
         Ok(Position::new(info.state.last_sequence))
