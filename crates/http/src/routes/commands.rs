@@ -19,7 +19,7 @@ type CommandResult = Result<(StatusCode, Json<AcceptedResponse>), ApiError>;
 #[utoipa::path(put, path = "/toys/{id}", tag = "commands",
     params(("id" = String, Path, description = "Toy slug, e.g. `rubiks-cube`")),
     request_body = UpsertToyRequest,
-    responses((status = 202, body = AcceptedResponse), (status = "4XX", body = Problem), (status = 503, body = Problem)),
+    responses((status = 202, body = AcceptedResponse), (status = "4XX", body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["write"])))]
 pub(crate) async fn upsert_toy(
     State(state): State<AppState>,
@@ -43,7 +43,7 @@ pub(crate) async fn upsert_toy(
     request_body = SubmitLetterRequest,
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Makes a retry of a letter without an `id` safe: the same key names the same letter")),
-    responses((status = 202, body = AcceptedResponse), (status = "4XX", body = Problem), (status = 503, body = Problem)),
+    responses((status = 202, body = AcceptedResponse), (status = "4XX", body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["write"])))]
 pub(crate) async fn submit_letter(
     State(state): State<AppState>,
@@ -72,7 +72,7 @@ pub(crate) async fn submit_letter(
 /// Cancel a letter.
 #[utoipa::path(delete, path = "/letters/{id}", tag = "commands",
     params(("id" = String, Path, description = "Letter id")),
-    responses((status = 202, body = AcceptedResponse), (status = "4XX", body = Problem), (status = 503, body = Problem)),
+    responses((status = 202, body = AcceptedResponse), (status = "4XX", body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["write"])))]
 pub(crate) async fn cancel_letter(
     State(state): State<AppState>,

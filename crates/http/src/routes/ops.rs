@@ -23,7 +23,7 @@ pub(crate) async fn healthz() -> Json<HealthResponse> {
 /// Readiness: the log and the read stores answer, and every projection running here
 /// has started.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, body = HealthResponse), (status = 503, body = Problem)))]
+    responses((status = 200, body = HealthResponse), (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn readyz(
     State(state): State<AppState>,
 ) -> Result<Json<HealthResponse>, ApiError> {
@@ -110,7 +110,7 @@ async fn projection_report(state: &AppState) -> Result<ProjectionsResponse, ApiE
 
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")),
+    responses((status = 200, description = "Prometheus text format (OpenMetrics)", content_type = "application/openmetrics-text")),
     security(("bearer" = ["read"])))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let report = projection_report(&state).await?;
@@ -144,7 +144,7 @@ pub(crate) async fn openapi() -> Response {
 
 /// Loads the demo catalogue and letters through the command path. Idempotent.
 #[utoipa::path(post, path = "/admin/seed", tag = "operations",
-    responses((status = 200, body = SeedResponse), (status = "4XX", body = Problem), (status = 503, body = Problem)),
+    responses((status = 200, body = SeedResponse), (status = "4XX", body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["admin"])))]
 pub(crate) async fn seed(State(state): State<AppState>) -> Result<Json<SeedResponse>, ApiError> {
     let seeded = santa_workshop::seed::seed(&state.commands).await?;

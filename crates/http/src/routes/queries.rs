@@ -20,7 +20,7 @@ type Answer<T> = Result<Json<T>, ApiError>;
 
 /// The catalogue, with demand per toy.
 #[utoipa::path(get, path = "/toys", tag = "queries", params(PageParams),
-    responses((status = 200, body = ToyPage), (status = "4XX", body = Problem), (status = 503, body = Problem)),
+    responses((status = 200, body = ToyPage), (status = "4XX", body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["read"])))]
 pub(crate) async fn list_toys(
     State(state): State<AppState>,
@@ -40,7 +40,7 @@ pub(crate) async fn list_toys(
 /// One toy and the demand for it.
 #[utoipa::path(get, path = "/toys/{id}", tag = "queries",
     params(("id" = String, Path, description = "Toy slug"), ConsistencyParams),
-    responses((status = 200, body = ToyResponse), (status = 404, body = Problem), (status = "4XX", body = Problem)),
+    responses((status = 200, body = ToyResponse), (status = 404, body = Problem, content_type = "application/problem+json"), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["read"])))]
 pub(crate) async fn get_toy(
     State(state): State<AppState>,
@@ -60,7 +60,7 @@ pub(crate) async fn get_toy(
 /// The letters asking for a toy, with quantities and the total over all of them.
 #[utoipa::path(get, path = "/toys/{id}/letters", tag = "queries",
     params(("id" = String, Path, description = "Toy slug"), PageParams),
-    responses((status = 200, body = ToyLettersResponse), (status = 404, body = Problem), (status = "4XX", body = Problem)),
+    responses((status = 200, body = ToyLettersResponse), (status = 404, body = Problem, content_type = "application/problem+json"), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["read"])))]
 pub(crate) async fn toy_letters(
     State(state): State<AppState>,
@@ -85,7 +85,7 @@ pub(crate) async fn toy_letters(
 
 /// Letters, a page at a time, in id order.
 #[utoipa::path(get, path = "/letters", tag = "queries", params(PageParams),
-    responses((status = 200, body = LetterPage), (status = "4XX", body = Problem), (status = 503, body = Problem)),
+    responses((status = 200, body = LetterPage), (status = "4XX", body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["read"])))]
 pub(crate) async fn list_letters(
     State(state): State<AppState>,
@@ -105,7 +105,7 @@ pub(crate) async fn list_letters(
 /// One letter: lines, unit prices, total and status.
 #[utoipa::path(get, path = "/letters/{id}", tag = "queries",
     params(("id" = String, Path, description = "Letter id"), ConsistencyParams),
-    responses((status = 200, body = LetterResponse), (status = 404, body = Problem), (status = "4XX", body = Problem)),
+    responses((status = 200, body = LetterResponse), (status = 404, body = Problem, content_type = "application/problem+json"), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["read"])))]
 pub(crate) async fn get_letter(
     State(state): State<AppState>,
@@ -125,7 +125,7 @@ pub(crate) async fn get_letter(
 /// The letter's events in order, read from the log.
 #[utoipa::path(get, path = "/letters/{id}/history", tag = "queries",
     params(("id" = String, Path, description = "Letter id"), ConsistencyParams),
-    responses((status = 200, body = HistoryResponse), (status = 404, body = Problem), (status = "4XX", body = Problem)),
+    responses((status = 200, body = HistoryResponse), (status = 404, body = Problem, content_type = "application/problem+json"), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["read"])))]
 pub(crate) async fn letter_history(
     State(state): State<AppState>,
@@ -184,7 +184,7 @@ fn event_data(event: &Event) -> serde_json::Value {
 
 /// Toys by quantity requested, most wanted first (SQL analytics store).
 #[utoipa::path(get, path = "/analytics/toys", tag = "analytics", params(ReportParams),
-    responses((status = 200, body = ToyDemandReport), (status = "4XX", body = Problem)),
+    responses((status = 200, body = ToyDemandReport), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["read"])))]
 pub(crate) async fn toy_demand(
     State(state): State<AppState>,
@@ -210,7 +210,7 @@ pub(crate) async fn toy_demand(
 
 /// Letters, quantities and value by country (SQL analytics store).
 #[utoipa::path(get, path = "/analytics/countries", tag = "analytics", params(ConsistencyParams),
-    responses((status = 200, body = CountryReport), (status = "4XX", body = Problem)),
+    responses((status = 200, body = CountryReport), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["read"])))]
 pub(crate) async fn totals_by_country(
     State(state): State<AppState>,
@@ -235,7 +235,7 @@ pub(crate) async fn totals_by_country(
 
 /// Letters, quantities and value by UTC day of submission (SQL analytics store).
 #[utoipa::path(get, path = "/analytics/days", tag = "analytics", params(ConsistencyParams),
-    responses((status = 200, body = DayReport), (status = "4XX", body = Problem)),
+    responses((status = 200, body = DayReport), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["read"])))]
 pub(crate) async fn totals_by_day(
     State(state): State<AppState>,
