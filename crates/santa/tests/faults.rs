@@ -2,70 +2,40 @@
 //! moments under a steady stream of letters, and restarted on the same data directory.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::{Client, StatusCode};
-use serde_json::{Value, json};
-use tokio::time::Instant;
+use serde_json::json;
+use support::{Processes, all_letters, caught_up, free_port, get, ready, santa};
 
 const TOYS: [(&str, i64); 3] = [("kite", 125), ("drum", 990), ("top", 45)];
 const KILLS: usize = 10;
 
 struct Server {
-    child: Child,
+    process: Processes,
     base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn start(dir: &std::path::Path, http: &Client) -> Server {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_santa"))
-        .args([
-            "serve",
-            &format!("--addr=127.0.0.1:{port}"),
-            &format!("--data-dir={}", dir.display()),
-        ])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = santa(&[
+        "serve".into(),
+        format!("--addr=127.0.0.1:{port}"),
+        format!("--data-dir={}", dir.display()),
+    ]);
     let server = Server {
-        child,
+        process: Processes(vec![child]),
         base: format!("http://127.0.0.1:{port}"),
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if http
-            .get(format!("{}/readyz", server.base))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == StatusCode::OK)
-        {
-            return server;
-        }
-        assert!(Instant::now() < deadline, "the server did not become ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    ready(http, &server.base).await;
+    server
 }
 
-/// A pseudo-random number from the clock, for kill moments.
+/// A pseudo-random pause from the clock: the moments of the kills.
 fn jitter(max_ms: u64) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -134,8 +104,7 @@ async fn every_acknowledged_letter_survives_repeated_sigkills_exactly_once() {
 
     for kill in 0..KILLS {
         tokio::time::sleep(jitter(400)).await;
-        server.child.kill().unwrap();
-        server.child.wait().unwrap();
+        drop(server.process);
         let before = acknowledged.lock().unwrap().len();
         server = start(dir.path(), &http).await;
         *base.lock().unwrap() = server.base.clone();
@@ -150,62 +119,17 @@ async fn every_acknowledged_letter_survives_repeated_sigkills_exactly_once() {
         "the load kept going: {}",
         acknowledged.len()
     );
-
-    // Wait for the projections to apply the whole log.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status: Value = http
-            .get(format!("{}/admin/projections", server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["projections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["lag_events"] == 0)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "projections did not catch up: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    caught_up(&http, &server.base, Duration::from_secs(60)).await;
 
     // Every letter in the key-value store, once; every acknowledged one among them.
     let prices: HashMap<&str, i64> = TOYS.into_iter().collect();
     let mut present = HashMap::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = cursor
-            .as_ref()
-            .map_or("/letters?limit=500".to_owned(), |c| {
-                format!("/letters?limit=500&cursor={c}")
-            });
-        let page: Value = http
-            .get(format!("{}{path}", server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for letter in page["letters"].as_array().unwrap() {
-            let id = letter["id"].as_str().unwrap().to_owned();
-            let i: usize = id.trim_start_matches("crash-").parse().unwrap();
-            let total: i64 = lines_of(i).iter().map(|(t, q)| prices[t] * q).sum();
-            assert_eq!(letter["total_cents"], total, "{id}");
-            assert!(present.insert(id.clone(), i).is_none(), "{id} listed twice");
-        }
-        match page["next"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
+    for letter in all_letters(&http, &server.base).await {
+        let id = letter["id"].as_str().unwrap().to_owned();
+        let i: usize = id.trim_start_matches("crash-").parse().unwrap();
+        let total: i64 = lines_of(i).iter().map(|(t, q)| prices[t] * q).sum();
+        assert_eq!(letter["total_cents"], total, "{id}");
+        assert!(present.insert(id.clone(), i).is_none(), "{id} listed twice");
     }
     let lost: Vec<_> = acknowledged
         .iter()
@@ -215,24 +139,10 @@ async fn every_acknowledged_letter_survives_repeated_sigkills_exactly_once() {
 
     // No letter was recorded twice in the log, and both read stores count each once.
     for id in present.keys().take(200) {
-        let history: Value = http
-            .get(format!("{}/letters/{id}/history", server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let history = get(&http, &server.base, &format!("/letters/{id}/history")).await;
         assert_eq!(history["events"].as_array().unwrap().len(), 1, "{id}");
     }
-    let report: Value = http
-        .get(format!("{}/analytics/toys", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = get(&http, &server.base, "/analytics/toys").await;
     for (toy, _) in TOYS {
         let quantity: i64 = present
             .values()
@@ -240,14 +150,7 @@ async fn every_acknowledged_letter_survives_repeated_sigkills_exactly_once() {
             .filter(|(t, _)| *t == toy)
             .map(|(_, q)| q)
             .sum();
-        let view: Value = http
-            .get(format!("{}/toys/{toy}", server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let view = get(&http, &server.base, &format!("/toys/{toy}")).await;
         assert_eq!(
             view["demand"]["total_quantity"], quantity,
             "{toy} in the key-value store"

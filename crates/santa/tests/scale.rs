@@ -2,28 +2,18 @@
 //! NATS JetStream and PostgreSQL (`SANTA_TEST_NATS`, `SANTA_TEST_POSTGRES`).
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
+mod support;
+
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::{Client, StatusCode};
 use santa_cqrs::contract::service_url;
 use serde_json::{Value, json};
+use support::{Processes, all_letters, free_port, ready, santa};
 use tokio::time::Instant;
 
 const TOYS: [(&str, i64); 4] = [("kite", 125), ("drum", 990), ("yo-yo", 300), ("top", 45)];
-
-/// Child processes, killed when the test ends however it ends.
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 struct Cluster {
     processes: Processes,
@@ -31,24 +21,6 @@ struct Cluster {
     http: Client,
     nats: String,
     stream: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn santa(args: &[&str], backends: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_santa"))
-        .args(args)
-        .args(backends)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 async fn start() -> Option<Cluster> {
@@ -62,39 +34,32 @@ async fn start() -> Option<Cluster> {
         .unwrap()
         .as_nanos();
     let stream = format!("SCALE_{}_{nanos}", std::process::id());
-    let backends = vec![
+    let backends = [
         format!("--event-log={nats}"),
         format!("--read-store={db}"),
         format!("--analytics={db}"),
         format!("--nats-stream={stream}"),
         "--partitions=8".to_owned(),
-        "--data-dir=/nonexistent-santa-test".to_owned(),
     ];
-    let mut processes = Processes(Vec::new());
+    let with = |role: &[String]| santa(&[role, &backends[..]].concat());
+    let mut processes = Processes::default();
     let mut apis = Vec::new();
     for _ in 0..2 {
         let port = free_port();
-        processes.0.push(santa(
-            &["api", &format!("--addr=127.0.0.1:{port}")],
-            &backends,
-        ));
+        processes
+            .0
+            .push(with(&["api".into(), format!("--addr=127.0.0.1:{port}")]));
         apis.push(format!("http://127.0.0.1:{port}"));
     }
     for _ in 0..2 {
-        processes.0.push(santa(&["projector"], &backends));
+        processes.0.push(with(&["projector".into()]));
     }
     let http = Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
     for api in &apis {
-        wait_until(Duration::from_secs(60), || async {
-            http.get(format!("{api}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        })
-        .await;
+        ready(&http, api).await;
     }
     Some(Cluster {
         processes,
@@ -103,21 +68,6 @@ async fn start() -> Option<Cluster> {
         nats,
         stream,
     })
-}
-
-async fn wait_until<F, Fut>(limit: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !condition().await {
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// What the test sent and got acknowledged.
@@ -173,58 +123,29 @@ impl Cluster {
     }
 
     async fn get(&self, api: usize, path: &str) -> Value {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.apis[api]))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
-        response.json().await.unwrap()
+        support::get(&self.http, &self.apis[api], path).await
     }
 
     /// Waits until every projection has applied the whole log.
     async fn caught_up(&self, limit: Duration) {
-        wait_until(limit, || async {
-            let status = self.get(0, "/admin/projections").await;
-            status["projections"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|p| p["lag_events"] == 0)
-        })
-        .await;
+        support::caught_up(&self.http, &self.apis[0], limit).await;
     }
 
     /// Both read stores hold exactly the acknowledged letters, with exact totals and
     /// demand, and both APIs answer alike.
     async fn check(&self, sent: &Sent) {
         let prices: HashMap<&str, i64> = TOYS.into_iter().collect();
-        let mut listed = 0;
-        let mut cursor: Option<String> = None;
-        loop {
-            let path = cursor
-                .as_ref()
-                .map_or("/letters?limit=500".to_owned(), |c| {
-                    format!("/letters?limit=500&cursor={c}")
-                });
-            let page = self.get(0, &path).await;
-            for letter in page["letters"].as_array().unwrap() {
-                let id = letter["id"].as_str().unwrap();
-                let Some(lines) = sent.letters.get(id) else {
-                    panic!("letter {id} was not acknowledged: {letter}")
-                };
-                let total: i64 = lines.iter().map(|(t, q)| prices[t] * q).sum();
-                assert_eq!(letter["total_cents"], total);
-                listed += 1;
-            }
-            match page["next"].as_str() {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => break,
-            }
+        let letters = all_letters(&self.http, &self.apis[0]).await;
+        for letter in &letters {
+            let id = letter["id"].as_str().unwrap();
+            let Some(lines) = sent.letters.get(id) else {
+                panic!("letter {id} was not acknowledged: {letter}")
+            };
+            let total: i64 = lines.iter().map(|(t, q)| prices[t] * q).sum();
+            assert_eq!(letter["total_cents"], total);
         }
         assert_eq!(
-            listed,
+            letters.len(),
             sent.letters.len(),
             "every acknowledged letter, once"
         );
