@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 mod auth;
+mod backpressure;
 mod commands;
 mod concurrency;
 mod errors;
