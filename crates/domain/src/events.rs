@@ -58,8 +58,14 @@ impl Event {
     pub const LETTER_SUBMITTED: &'static str = "LetterSubmitted";
     pub const LETTER_CANCELLED: &'static str = "LetterCancelled";
 
-    /// The schema version every event is written with today.
-    pub const SCHEMA_VERSION: u32 = 1;
+    /// The schema version each kind of event is written with today. History:
+    /// `LetterSubmitted` v1 had no `country`; v2 always carries it (possibly null).
+    pub fn schema_version(&self) -> u32 {
+        match self {
+            Event::LetterSubmitted(_) => 2,
+            Event::ToyUpserted(_) | Event::LetterCancelled(_) => 1,
+        }
+    }
 
     pub fn event_type(&self) -> &'static str {
         match self {

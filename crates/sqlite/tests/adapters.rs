@@ -137,4 +137,57 @@ mod projections {
         assert_eq!(days.iter().map(|d| d.letters).sum::<i64>(), 4);
         assert_eq!(days[0].key.len(), "2026-12-24".len());
     }
+
+    #[tokio::test]
+    async fn a_log_holding_v1_and_v2_letters_is_read_and_projected_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(&dir);
+        let commands = CommandService::new(log.clone());
+        santa_workshop::seed::seed(&commands).await.unwrap();
+        // A letter as the first release stored it: schema 1, no country.
+        let v1 = santa_cqrs::NewEvent {
+            event_id: "v1-letter".into(),
+            event_type: "LetterSubmitted".into(),
+            schema_version: 1,
+            data: br#"{"letter_id":"old-1","child":"Ada","address":"1 Snow Lane","lines":[{"toy_id":"telescope","quantity":1,"unit_price_cents":12900}],"total_cents":12900}"#.to_vec(),
+        };
+        log.append("letter-old-1", ExpectedVersion::Exactly(0), vec![v1])
+            .await
+            .unwrap();
+        let kv = Arc::new(SqliteKvStore::open(dir.path()).unwrap());
+        let analytics = Arc::new(SqliteAnalyticsStore::open(dir.path()).unwrap());
+        let batch = log.read_all(Position::ZERO, 1000).await.unwrap();
+        assert!(
+            batch.iter().any(|e| e.schema_version == 1)
+                && batch.iter().any(|e| e.schema_version == 2)
+        );
+        LettersProjection::new(kv.clone())
+            .apply(0, Position::ZERO, &batch)
+            .await
+            .unwrap();
+        AnalyticsProjection::new(analytics.clone())
+            .apply(0, Position::ZERO, &batch)
+            .await
+            .unwrap();
+
+        let queries = LettersQueries::new(kv);
+        let old = queries.letter("old-1").await.unwrap().unwrap();
+        assert_eq!((old.country.as_deref(), old.total_cents), (None, 12900));
+        let new = queries.letter("demo-ada").await.unwrap().unwrap();
+        assert_eq!(new.country.as_deref(), Some("GB"));
+        let telescope = queries.toy("telescope").await.unwrap().unwrap();
+        assert_eq!(
+            telescope.letter_count, 3,
+            "two seeded letters and the v1 one"
+        );
+        let countries = analytics.totals_by_country().await.unwrap();
+        let unknown = countries.iter().find(|t| t.key == "unknown").unwrap();
+        assert_eq!(
+            unknown.letters, 2,
+            "Rosalind's seeded letter and the v1 one have no country"
+        );
+        // The command side reads the old letter too: an identical resubmission is a repeat.
+        let history = commands.history("letter-old-1").await.unwrap();
+        assert_eq!(history.len(), 1);
+    }
 }

@@ -3,6 +3,7 @@
 
 use santa_cqrs::{NewEvent, Position, RecordedEvent};
 use santa_domain::Event;
+use serde_json::Value;
 
 use crate::Millis;
 
@@ -26,7 +27,7 @@ pub struct DecodeError {
     pub reason: String,
 }
 
-/// Encodes an event for appending.
+/// Encodes an event for appending, at its current schema version.
 pub fn encode(event: &Event) -> NewEvent {
     let data = match event {
         Event::ToyUpserted(e) => serde_json::to_vec(e),
@@ -37,13 +38,13 @@ pub fn encode(event: &Event) -> NewEvent {
         // Time-ordered, so the log's event-id index grows at its end.
         event_id: uuid::Uuid::now_v7().to_string(),
         event_type: event.event_type().to_owned(),
-        schema_version: Event::SCHEMA_VERSION,
+        schema_version: event.schema_version(),
         // Serialising plain structs of strings and integers into memory cannot fail.
         data: data.unwrap_or_default(),
     }
 }
 
-/// Decodes a recorded event, upcasting older schema versions.
+/// Decodes a recorded event, upcasting older schema versions to the current one.
 pub fn decode(recorded: &RecordedEvent) -> Result<Envelope, DecodeError> {
     let fail = |reason: String| DecodeError {
         position: recorded.position,
@@ -51,17 +52,12 @@ pub fn decode(recorded: &RecordedEvent) -> Result<Envelope, DecodeError> {
         schema_version: recorded.schema_version,
         reason,
     };
-    if recorded.schema_version != Event::SCHEMA_VERSION {
-        return Err(fail(format!(
-            "unsupported schema version (this build reads v{})",
-            Event::SCHEMA_VERSION
-        )));
-    }
-    let data = &recorded.data;
+    let payload: Value = serde_json::from_slice(&recorded.data).map_err(|e| fail(e.to_string()))?;
+    let payload = upcast(&recorded.event_type, recorded.schema_version, payload).map_err(fail)?;
     let event = match recorded.event_type.as_str() {
-        Event::TOY_UPSERTED => serde_json::from_slice(data).map(Event::ToyUpserted),
-        Event::LETTER_SUBMITTED => serde_json::from_slice(data).map(Event::LetterSubmitted),
-        Event::LETTER_CANCELLED => serde_json::from_slice(data).map(Event::LetterCancelled),
+        Event::TOY_UPSERTED => serde_json::from_value(payload).map(Event::ToyUpserted),
+        Event::LETTER_SUBMITTED => serde_json::from_value(payload).map(Event::LetterSubmitted),
+        Event::LETTER_CANCELLED => serde_json::from_value(payload).map(Event::LetterCancelled),
         other => return Err(fail(format!("unknown event type `{other}`"))),
     }
     .map_err(|e| fail(e.to_string()))?;
@@ -72,4 +68,89 @@ pub fn decode(recorded: &RecordedEvent) -> Result<Envelope, DecodeError> {
         recorded_at_ms: recorded.recorded_at_ms,
         event,
     })
+}
+
+/// Brings a payload of `schema_version` up to the version this build writes.
+fn upcast(event_type: &str, schema_version: u32, mut payload: Value) -> Result<Value, String> {
+    match (event_type, schema_version) {
+        (Event::LETTER_SUBMITTED, 1) => {
+            // v1 letters had no country: they were sent before countries were asked for.
+            if let Value::Object(fields) = &mut payload {
+                fields.entry("country").or_insert(Value::Null);
+            }
+            Ok(payload)
+        }
+        (Event::LETTER_SUBMITTED, 2) | (Event::TOY_UPSERTED | Event::LETTER_CANCELLED, 1) => {
+            Ok(payload)
+        }
+        (Event::LETTER_SUBMITTED | Event::TOY_UPSERTED | Event::LETTER_CANCELLED, version) => {
+            Err(format!(
+                "unsupported schema version {version} (this build reads up to the current one)"
+            ))
+        }
+        (other, _) => Err(format!("unknown event type `{other}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn recorded(event_type: &str, schema_version: u32, data: Value) -> RecordedEvent {
+        RecordedEvent {
+            position: Position::new(7),
+            stream: "letter-old".into(),
+            version: 1,
+            event_id: "e".into(),
+            event_type: event_type.into(),
+            schema_version,
+            recorded_at_ms: 0,
+            data: serde_json::to_vec(&data).unwrap(),
+        }
+    }
+
+    fn v1_letter() -> Value {
+        json!({
+            "letter_id": "old", "child": "Ada", "address": "1 Snow Lane",
+            "lines": [{"toy_id": "kite", "quantity": 2, "unit_price_cents": 100}],
+            "total_cents": 200,
+        })
+    }
+
+    #[test]
+    fn a_v1_letter_without_a_country_is_upcast() {
+        let envelope = decode(&recorded(Event::LETTER_SUBMITTED, 1, v1_letter())).unwrap();
+        let Event::LetterSubmitted(letter) = envelope.event else {
+            panic!("a letter")
+        };
+        assert_eq!(letter.country, None);
+        assert_eq!(letter.total_cents.get(), 200);
+    }
+
+    #[test]
+    fn current_events_round_trip_at_their_version() {
+        let Event::LetterSubmitted(old) =
+            decode(&recorded(Event::LETTER_SUBMITTED, 1, v1_letter()))
+                .unwrap()
+                .event
+        else {
+            panic!("a letter")
+        };
+        let event = Event::LetterSubmitted(old);
+        let stored = encode(&event);
+        assert_eq!(stored.schema_version, 2);
+        let mut again = recorded(Event::LETTER_SUBMITTED, 2, json!(null));
+        again.data = stored.data;
+        assert_eq!(decode(&again).unwrap().event, event);
+    }
+
+    #[test]
+    fn unknown_versions_and_types_are_refused_by_name() {
+        let error = decode(&recorded(Event::LETTER_SUBMITTED, 3, v1_letter())).unwrap_err();
+        assert!(error.reason.contains("schema version 3"), "{error}");
+        let error = decode(&recorded("LetterEaten", 1, json!({}))).unwrap_err();
+        assert!(error.reason.contains("unknown event type"), "{error}");
+    }
 }

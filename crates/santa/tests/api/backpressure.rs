@@ -14,7 +14,12 @@ async fn a_full_append_queue_sheds_commands_with_503_and_retry_after() {
     for i in 0..300 {
         let (client, url) = (app.client.clone(), app.url("/letters"));
         tasks.spawn(async move {
-            let response = client.post(url).json(&letter(&format!("bp-{i}"), &[("kite", 1)])).send().await.unwrap();
+            let response = client
+                .post(url)
+                .json(&letter(&format!("bp-{i}"), &[("kite", 1)]))
+                .send()
+                .await
+                .unwrap();
             let status = response.status();
             let retry_after = response.headers().get("retry-after").is_some();
             let body: Value = response.json().await.unwrap();
@@ -39,9 +44,21 @@ async fn a_full_append_queue_sheds_commands_with_503_and_retry_after() {
         }
     }
     eprintln!("shed {shed} of 300");
-    assert!(shed > 0, "300 concurrent commands against a queue of one shed some");
+    assert!(
+        shed > 0,
+        "300 concurrent commands against a queue of one shed some"
+    );
     let listed = app.read_after("/letters?limit=500", last).await;
-    let listed: Vec<&str> = listed["letters"].as_array().unwrap().iter().map(|l| l["id"].as_str().unwrap()).collect();
-    assert_eq!(listed.len(), accepted.len(), "exactly the accepted letters were recorded");
+    let listed: Vec<&str> = listed["letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed.len(),
+        accepted.len(),
+        "exactly the accepted letters were recorded"
+    );
     assert!(accepted.iter().all(|id| listed.contains(&id.as_str())));
 }
