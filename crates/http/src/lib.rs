@@ -22,6 +22,7 @@ use axum::extract::DefaultBodyLimit;
 use santa_cqrs::{Projection, ProjectionHandle};
 use santa_workshop::CommandService;
 use santa_workshop::analytics::AnalyticsStore;
+use santa_workshop::idempotency::IdempotencyStore;
 use santa_workshop::letters::LettersQueries;
 
 pub use auth::{Scope, Tokens, TokensError};
@@ -35,6 +36,8 @@ pub struct AppState {
     pub commands: CommandService,
     pub letters: LettersQueries,
     pub analytics: Arc<dyn AnalyticsStore>,
+    /// Answers kept for `Idempotency-Key` retries.
+    pub idempotency: Arc<dyn IdempotencyStore>,
     /// The projections queries depend on, with their progress where they run in this
     /// process.
     pub projections: Arc<[ProjectionView]>,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 /// `PUT /toys/{id}`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertToyRequest {
     #[schema(example = "Rubik's Cube", min_length = 1, max_length = 100)]
@@ -37,7 +37,7 @@ impl UpsertToyRequest {
 }
 
 /// `POST /letters`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitLetterRequest {
     /// Client-chosen id; generated when absent.
@@ -62,7 +62,7 @@ pub struct SubmitLetterRequest {
     pub toys: Vec<ToyLineRequest>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToyLineRequest {
     #[schema(example = "rubiks-cube")]

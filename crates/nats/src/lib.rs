@@ -12,6 +12,8 @@
 //!   checkpoint their read store holds; the read store, not the broker, is the durable
 //!   record of progress.
 
+mod idempotency;
 mod log;
 
+pub use idempotency::NatsIdempotencyStore;
 pub use log::{NatsError, NatsEventLog, NatsOptions};

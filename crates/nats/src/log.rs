@@ -152,8 +152,25 @@ impl NatsEventLog {
         })
     }
 
-    /// Deletes the stream (test clean-up).
+    pub(crate) fn stream_name(&self) -> &str {
+        &self.options.stream
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.options.prefix
+    }
+
+    pub(crate) fn jetstream(&self) -> &Context {
+        &self.jetstream
+    }
+
+    /// Deletes the stream and its idempotency keys (test clean-up).
     pub async fn delete(self) -> Result<(), LogError> {
+        // The keys' stream exists only if an idempotency store was opened.
+        let _ = self
+            .jetstream
+            .delete_stream(format!("{}_IDEMPOTENCY", self.options.stream))
+            .await;
         self.jetstream
             .delete_stream(&self.options.stream)
             .await

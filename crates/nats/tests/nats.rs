@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use santa_cqrs::{EventLog, ExpectedVersion, Position, contract};
-use santa_nats::{NatsError, NatsEventLog, NatsOptions};
+use santa_nats::{NatsError, NatsEventLog, NatsIdempotencyStore, NatsOptions};
+use santa_workshop::idempotency::{IdempotencyStore, IdempotentAnswer};
 
 fn options(name: &str, partitions: u32) -> NatsOptions {
     let nanos = std::time::SystemTime::now()
@@ -197,4 +198,42 @@ async fn a_server_without_jetstream_is_named_as_such() {
     server.wait().unwrap();
     let error = outcome.unwrap_err();
     assert!(matches!(error, NatsError::NoJetStream { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn idempotency_keys_keep_the_first_answer_in_a_bucket() {
+    let Some((log, _)) = log("keys", 1).await else {
+        return;
+    };
+    let store = NatsIdempotencyStore::open(&log, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let answer = |fingerprint: &str, position| IdempotentAnswer {
+        fingerprint: fingerprint.into(),
+        id: "l-1".into(),
+        position,
+    };
+    assert_eq!(store.get("key with spaces/and:colons").await.unwrap(), None);
+    assert_eq!(
+        store
+            .put("key with spaces/and:colons", answer("a", 7))
+            .await
+            .unwrap(),
+        answer("a", 7)
+    );
+    assert_eq!(
+        store
+            .put("key with spaces/and:colons", answer("b", 9))
+            .await
+            .unwrap(),
+        answer("a", 7),
+        "the first answer wins"
+    );
+    assert_eq!(
+        store.get("key with spaces/and:colons").await.unwrap(),
+        Some(answer("a", 7))
+    );
+    assert_eq!(store.get("another").await.unwrap(), None);
+    drop(store);
+    clean_up(log).await;
 }

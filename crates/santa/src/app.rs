@@ -81,6 +81,7 @@ impl Application {
             commands: CommandService::new(backends.log.clone()),
             letters: LettersQueries::new(backends.kv.clone()),
             analytics: backends.analytics.clone(),
+            idempotency: backends.idempotency.clone(),
             projections: views,
             metrics: Arc::new(Metrics::default()),
             settings: HttpSettings {

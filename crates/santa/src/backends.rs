@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use santa_cqrs::{EventLog, Leases, LocalLeases};
-use santa_nats::{NatsEventLog, NatsOptions};
+use santa_nats::{NatsEventLog, NatsIdempotencyStore, NatsOptions};
 use santa_postgres::{Pg, PgAnalyticsStore, PgKvStore, PgLeases};
-use santa_sqlite::{SqliteAnalyticsStore, SqliteEventLog, SqliteKvStore, SqliteLogOptions};
+use santa_sqlite::{
+    SqliteAnalyticsStore, SqliteEventLog, SqliteIdempotencyStore, SqliteKvStore, SqliteLogOptions,
+};
 use santa_workshop::analytics::AnalyticsStore;
+use santa_workshop::idempotency::IdempotencyStore;
 use santa_workshop::kv::KvStore;
 
 use crate::Settings;
@@ -23,6 +26,7 @@ pub struct Backends {
     pub log: Arc<dyn EventLog>,
     pub kv: Arc<dyn KvStore>,
     pub analytics: Arc<dyn AnalyticsStore>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
     /// How projector processes share partitions.
     pub leases: Arc<dyn Leases>,
 }
@@ -41,30 +45,39 @@ impl Backends {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create data directory {}", dir.display()))?;
         }
-        let log: Arc<dyn EventLog> = match scheme(&settings.event_log)? {
-            Scheme::Embedded => {
-                let options = SqliteLogOptions {
-                    queue: settings.append_queue,
-                    ..SqliteLogOptions::default()
-                };
-                Arc::new(SqliteEventLog::open(dir, options)?)
-            }
-            Scheme::Nats => {
-                let options = NatsOptions {
-                    stream: settings.nats_stream.clone(),
-                    prefix: settings.nats_stream.to_ascii_lowercase().replace('_', "."),
-                    partitions: settings.partitions,
-                };
-                Arc::new(
-                    NatsEventLog::connect(&settings.event_log, options)
+        // The idempotency keys live beside the log: they answer retries of its commands.
+        let window = settings.idempotency_window;
+        let (log, idempotency): (Arc<dyn EventLog>, Arc<dyn IdempotencyStore>) =
+            match scheme(&settings.event_log)? {
+                Scheme::Embedded => {
+                    let options = SqliteLogOptions {
+                        queue: settings.append_queue,
+                        ..SqliteLogOptions::default()
+                    };
+                    let log = SqliteEventLog::open(dir, options)?;
+                    (
+                        Arc::new(log),
+                        Arc::new(SqliteIdempotencyStore::open(dir, window)?),
+                    )
+                }
+                Scheme::Nats => {
+                    let options = NatsOptions {
+                        stream: settings.nats_stream.clone(),
+                        prefix: settings.nats_stream.to_ascii_lowercase().replace('_', "."),
+                        partitions: settings.partitions,
+                    };
+                    let log = NatsEventLog::connect(&settings.event_log, options)
                         .await
-                        .context("--event-log")?,
-                )
-            }
-            Scheme::Postgres => {
-                anyhow::bail!("--event-log: PostgreSQL is a read store here, not an event log")
-            }
-        };
+                        .context("--event-log")?;
+                    let keys = NatsIdempotencyStore::open(&log, window)
+                        .await
+                        .context("--event-log")?;
+                    (Arc::new(log), Arc::new(keys))
+                }
+                Scheme::Postgres => {
+                    anyhow::bail!("--event-log: PostgreSQL is a read store here, not an event log")
+                }
+            };
         let mut leases: Arc<dyn Leases> = Arc::new(LocalLeases);
         let kv: Arc<dyn KvStore> = match scheme(&settings.read_store)? {
             Scheme::Embedded => Arc::new(SqliteKvStore::open(dir)?),
@@ -100,6 +113,7 @@ impl Backends {
             log,
             kv,
             analytics,
+            idempotency,
             leases,
         })
     }

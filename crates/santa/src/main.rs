@@ -63,6 +63,9 @@ struct HttpArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SANTA_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     max_body_bytes: usize,
+    /// How long answers to commands sent with an `Idempotency-Key` are kept (e.g. `24h`).
+    #[arg(long, env = "SANTA_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    idempotency_window: Duration,
 }
 
 /// Where the data lives; the same on every role.
@@ -105,6 +108,7 @@ impl BackendArgs {
             settings.tokens = Tokens::parse(&http.tokens)?;
             settings.consistency_timeout = Duration::from_millis(http.consistency_timeout_ms);
             settings.max_body_bytes = http.max_body_bytes;
+            settings.idempotency_window = http.idempotency_window;
         }
         Ok(settings)
     }

@@ -44,6 +44,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Appends that may queue for the log before commands are shed with 503.
     pub append_queue: usize,
+    /// How long the answer to a command sent with an `Idempotency-Key` is kept.
+    pub idempotency_window: Duration,
 }
 
 /// The backend URL that means "embedded SQLite under the data directory".
@@ -65,6 +67,7 @@ impl Settings {
             consistency_timeout: Duration::from_secs(2),
             max_body_bytes: 64 * 1024,
             append_queue: 4096,
+            idempotency_window: santa_workshop::idempotency::DEFAULT_WINDOW,
         }
     }
 

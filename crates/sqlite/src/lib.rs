@@ -8,10 +8,12 @@
 mod analytics;
 mod db;
 mod event_log;
+mod idempotency;
 mod kv;
 
 pub use analytics::SqliteAnalyticsStore;
 pub use event_log::{SqliteEventLog, SqliteLogOptions};
+pub use idempotency::SqliteIdempotencyStore;
 pub use kv::SqliteKvStore;
 
 /// Failure to open or migrate a database.

@@ -7,5 +7,6 @@ mod commands;
 mod concurrency;
 mod errors;
 mod helpers;
+mod idempotency;
 mod lifecycle;
 mod queries;
