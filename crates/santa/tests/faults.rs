@@ -172,3 +172,317 @@ async fn every_acknowledged_letter_survives_repeated_sigkills_exactly_once() {
         present.len()
     );
 }
+
+mod outages {
+    use std::collections::HashMap;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use reqwest::{Client, StatusCode};
+    use santa_cqrs::contract::service_url;
+    use serde_json::json;
+    use tokio::time::Instant;
+
+    use super::support::{Processes, all_letters, caught_up, free_port, get, ready, santa};
+
+    /// A NATS server of the test's own, so stopping it disturbs no other test.
+    fn nats_server(port: u16, dir: &std::path::Path) -> Child {
+        let binary = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server"
+        } else {
+            "nats-server"
+        };
+        Command::new(binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-js",
+                "-sd",
+                &dir.display().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed beside the NATS service")
+    }
+
+    /// What a client saw: when the answer came and what it was.
+    type Answers = Arc<Mutex<Vec<(Instant, String, StatusCode)>>>;
+
+    /// Eight clients sending letters until told to stop.
+    fn load(
+        http: &Client,
+        base: &str,
+        answers: &Answers,
+        stopped: &tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinSet<()> {
+        let mut clients = tokio::task::JoinSet::new();
+        for c in 0..8 {
+            let (http, url, answers, stopped) = (
+                http.clone(),
+                format!("{base}/letters"),
+                answers.clone(),
+                stopped.clone(),
+            );
+            clients.spawn(async move {
+                let mut i = c;
+                while !*stopped.borrow() {
+                    let id = format!("outage-{i}");
+                    let body = json!({"id": id, "child": "Ada", "address": "1 Snow Lane",
+                        "toys": [{"toy_id": "kite", "quantity": i % 3 + 1}]});
+                    if let Ok(response) = http.post(&url).json(&body).send().await {
+                        answers
+                            .lock()
+                            .unwrap()
+                            .push((Instant::now(), id, response.status()));
+                    }
+                    i += 8;
+                }
+            });
+        }
+        clients
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broker_outage_sheds_commands_and_loses_nothing_acknowledged() {
+        let Some(_) = service_url("SANTA_TEST_NATS") else {
+            return;
+        };
+        let Some(admin) = service_url("SANTA_TEST_POSTGRES") else {
+            return;
+        };
+        let db = santa_postgres::fresh_database(&admin, "santa_test")
+            .await
+            .unwrap();
+        let nats_dir = tempfile::tempdir().unwrap();
+        let nats_port = free_port();
+        let mut nats = Processes(vec![nats_server(nats_port, nats_dir.path())]);
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let _server = Processes(vec![santa(&[
+            "serve".into(),
+            format!("--addr=127.0.0.1:{port}"),
+            format!("--event-log=nats://127.0.0.1:{nats_port}"),
+            format!("--read-store={db}"),
+            format!("--analytics={db}"),
+        ])]);
+        let http = Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        ready(&http, &base).await;
+        let body = json!({"name": "Kite", "description": "", "price_cents": 125});
+        assert_eq!(
+            http.put(format!("{base}/toys/kite"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::ACCEPTED
+        );
+
+        let answers: Answers = Arc::default();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut clients = load(&http, &base, &answers, &stopped);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+
+        // Stop the broker for three seconds.
+        drop(nats);
+        let down = Instant::now();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let readiness = http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let up = Instant::now();
+        nats = Processes(vec![nats_server(nats_port, nats_dir.path())]);
+        // The API recovers by itself: wait for the first acknowledgement after the restart.
+        super::support::wait_until(Duration::from_secs(30), || {
+            let answers = answers.clone();
+            async move {
+                answers
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(at, _, s)| *at > up && *s == StatusCode::ACCEPTED)
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.send(true).unwrap();
+        while clients.join_next().await.is_some() {}
+
+        assert_eq!(
+            readiness,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready while the broker is down"
+        );
+        let answers = answers.lock().unwrap().clone();
+        let during: Vec<_> = answers
+            .iter()
+            .filter(|(at, _, _)| *at > down + Duration::from_millis(200) && *at < up)
+            .collect();
+        assert!(
+            !during.is_empty(),
+            "commands were answered during the outage"
+        );
+        assert!(
+            during
+                .iter()
+                .all(|(_, _, s)| *s == StatusCode::SERVICE_UNAVAILABLE),
+            "only 503 while the broker is down"
+        );
+        assert!(
+            answers.iter().all(
+                |(_, _, s)| *s == StatusCode::ACCEPTED || *s == StatusCode::SERVICE_UNAVAILABLE
+            )
+        );
+        let acknowledged: HashMap<String, ()> = answers
+            .iter()
+            .filter(|(_, _, s)| *s == StatusCode::ACCEPTED)
+            .map(|(_, id, _)| (id.clone(), ()))
+            .collect();
+
+        caught_up(&http, &base, Duration::from_secs(60)).await;
+        let letters = all_letters(&http, &base).await;
+        let present: HashMap<String, i64> = letters
+            .iter()
+            .map(|l| {
+                (
+                    l["id"].as_str().unwrap().to_owned(),
+                    l["total_cents"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        let lost: Vec<_> = acknowledged
+            .keys()
+            .filter(|id| !present.contains_key(*id))
+            .collect();
+        assert!(lost.is_empty(), "acknowledged letters lost: {lost:?}");
+        let quantity: i64 = present.values().map(|total| total / 125).sum();
+        assert_eq!(
+            get(&http, &base, "/toys/kite").await["demand"]["total_quantity"],
+            quantity
+        );
+        eprintln!(
+            "broker down {:?}: {} answers during it, all 503; {} letters acknowledged, {} present, 0 lost",
+            up - down,
+            during.len(),
+            acknowledged.len(),
+            present.len()
+        );
+        drop(nats);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_outage_is_retried_reported_and_caught_up() {
+        let Some(admin) = service_url("SANTA_TEST_POSTGRES") else {
+            return;
+        };
+        let db = santa_postgres::fresh_database(&admin, "santa_test")
+            .await
+            .unwrap();
+        let name = db.rsplit('/').next().unwrap().to_owned();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let _server = Processes(vec![santa(&[
+            "serve".into(),
+            format!("--addr=127.0.0.1:{port}"),
+            format!("--data-dir={}", dir.path().display()),
+            format!("--read-store={db}"),
+            format!("--analytics={db}"),
+        ])]);
+        let http = Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        ready(&http, &base).await;
+        let body = json!({"name": "Kite", "description": "", "price_cents": 125});
+        assert_eq!(
+            http.put(format!("{base}/toys/kite"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::ACCEPTED
+        );
+
+        let answers: Answers = Arc::default();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut clients = load(&http, &base, &answers, &stopped);
+        // Cut every session of the read stores' database, five times during the load.
+        let config: tokio_postgres::Config = admin.parse().unwrap();
+        let (killer, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let mut cut = 0;
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let rows = killer
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap();
+            cut += rows.len();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.send(true).unwrap();
+        while clients.join_next().await.is_some() {}
+        assert!(cut > 0, "sessions were cut");
+
+        caught_up(&http, &base, Duration::from_secs(60)).await;
+        let status = get(&http, &base, "/admin/projections").await;
+        let reported = status["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["last_error"].is_string());
+        assert!(
+            reported,
+            "the failures were reported in the status: {status}"
+        );
+        let answers = answers.lock().unwrap().clone();
+        // Commands never touch the read stores: the outage does not shed them.
+        assert!(
+            answers.iter().all(|(_, _, s)| *s == StatusCode::ACCEPTED),
+            "commands kept being accepted"
+        );
+        let present: HashMap<String, i64> = all_letters(&http, &base)
+            .await
+            .iter()
+            .map(|l| {
+                (
+                    l["id"].as_str().unwrap().to_owned(),
+                    l["total_cents"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        let lost: Vec<_> = answers
+            .iter()
+            .filter(|(_, id, _)| !present.contains_key(id))
+            .map(|(_, id, _)| id)
+            .collect();
+        assert!(lost.is_empty(), "acknowledged letters lost: {lost:?}");
+        let quantity: i64 = present.values().map(|total| total / 125).sum();
+        assert_eq!(
+            get(&http, &base, "/toys/kite").await["demand"]["total_quantity"],
+            quantity
+        );
+        let report = get(&http, &base, "/analytics/toys").await;
+        assert_eq!(report["toys"][0]["total_quantity"], quantity);
+        eprintln!(
+            "{cut} database sessions cut; {} letters acknowledged and present, 0 lost",
+            present.len()
+        );
+    }
+}
