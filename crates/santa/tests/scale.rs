@@ -256,3 +256,77 @@ async fn two_apis_and_two_projectors_share_the_work_and_survive_a_killed_project
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_query_after_a_position_no_projector_has_reached_says_so() {
+    let Some(nats) = service_url("SANTA_TEST_NATS") else {
+        return;
+    };
+    let Some(admin) = service_url("SANTA_TEST_POSTGRES") else {
+        return;
+    };
+    let db = santa_postgres::fresh_database(&admin, "santa_test")
+        .await
+        .unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let stream = format!("BEHIND_{}_{nanos}", std::process::id());
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    // An API and no projector: nothing will ever apply what it accepts.
+    let processes = Processes(vec![santa(&[
+        "api".into(),
+        format!("--addr=127.0.0.1:{port}"),
+        format!("--event-log={nats}"),
+        format!("--read-store={db}"),
+        format!("--analytics={db}"),
+        format!("--nats-stream={stream}"),
+        "--consistency-timeout-ms=200".into(),
+    ])]);
+    let http = Client::new();
+    ready(&http, &api).await;
+    let body = json!({"name": "Kite", "description": "", "price_cents": 125});
+    let response = http
+        .put(format!("{api}/toys/kite"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let position = response.json::<Value>().await.unwrap()["position"]
+        .as_u64()
+        .unwrap();
+
+    let started = Instant::now();
+    let response = http
+        .get(format!("{api}/toys/kite?after={position}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().get("retry-after").is_some());
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/projection-behind", "{problem}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "it waited the configured bound first"
+    );
+    // Without `after`, the same query answers at once from what the store has: nothing yet.
+    let response = http.get(format!("{api}/toys/kite")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    drop(processes);
+    let options = santa_nats::NatsOptions {
+        prefix: stream.to_ascii_lowercase().replace('_', "."),
+        stream,
+        partitions: 8,
+    };
+    santa_nats::NatsEventLog::connect(&nats, options)
+        .await
+        .unwrap()
+        .delete()
+        .await
+        .unwrap();
+}
