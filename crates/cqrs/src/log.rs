@@ -104,6 +104,16 @@ pub trait EventLog: Send + Sync + Debug + 'static {
         Ok(vec![self.head().await?])
     }
 
+    /// The newest position in one partition.
+    async fn partition_head(&self, partition: u32) -> Result<Position, LogError> {
+        Ok(self
+            .partition_heads()
+            .await?
+            .get(partition as usize)
+            .copied()
+            .unwrap_or_default())
+    }
+
     /// The partition that holds the event at `position` (read-your-writes across
     /// processes needs it to know which checkpoint to wait for).
     async fn partition_at(&self, _position: Position) -> Result<u32, LogError> {

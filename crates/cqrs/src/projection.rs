@@ -83,9 +83,19 @@ pub struct ProjectionStatus {
     pub last_event_at_ms: Option<i64>,
     /// Failed attempts since the last success.
     pub attempts: u32,
+    /// When the projection last applied a batch or started following (ms since the
+    /// epoch): a projection behind the log that has not progressed for a while is stalled.
+    pub progressed_at_ms: i64,
 }
 
 impl ProjectionStatus {
+    /// Whether the projection should be reported as stalled: behind the log, and nothing
+    /// applied for `after`.
+    pub fn stalled(&self, behind: bool, now_ms: i64, after: Duration) -> bool {
+        behind
+            && now_ms - self.progressed_at_ms > i64::try_from(after.as_millis()).unwrap_or(i64::MAX)
+    }
+
     /// The lowest checkpoint over the partitions this process works on.
     pub fn position(&self) -> Position {
         self.partitions
@@ -188,6 +198,12 @@ impl std::fmt::Debug for ProjectionRunner {
     }
 }
 
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// How often an idle worker looks at its lease and its share of the work.
 const RECHECK: Duration = Duration::from_secs(1);
 
@@ -202,6 +218,7 @@ impl ProjectionRunner {
             last_error: None,
             last_event_at_ms: None,
             attempts: 0,
+            progressed_at_ms: now_ms(),
         });
         Self {
             log,
@@ -375,7 +392,15 @@ impl ProjectionRunner {
                 let batch = tokio::select! {
                     batch = tokio::time::timeout(RECHECK, source.next_batch(self.batch_size)) => match batch {
                         Ok(batch) => batch,
-                        Err(_idle) => continue,
+                        Err(_idle) => {
+                            // Idle while the partition has events past the checkpoint: the
+                            // reader lost its way (a broker restart, say); open a new one.
+                            if self.log.partition_head(partition).await.is_ok_and(|head| head > checkpoint) {
+                                tracing::info!(partition, "reader idle behind the log; reopening it");
+                                continue 'resume;
+                            }
+                            continue;
+                        }
                     },
                     () = &mut *shutdown => return Break(()),
                 };
@@ -402,6 +427,7 @@ impl ProjectionRunner {
                         }
                         self.status.send_modify(|s| {
                             s.partitions[partition as usize] = Some(position);
+                            s.progressed_at_ms = now_ms();
                             s.last_event_at_ms = s.last_event_at_ms.max(Some(recorded_at));
                             s.state = ProjectionState::Running;
                             s.attempts = 0;
@@ -528,6 +554,28 @@ mod tests {
                 .extend(batch.iter().map(|e| e.position));
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_projection_is_stalled_only_when_behind_without_progress() {
+        let status = ProjectionStatus {
+            partitions: vec![Some(Position::new(5))],
+            state: ProjectionState::Retrying,
+            last_error: Some("store is down".into()),
+            last_event_at_ms: None,
+            attempts: 9,
+            progressed_at_ms: 1_000,
+        };
+        let after = Duration::from_secs(30);
+        assert!(status.stalled(true, 1_000 + 30_001, after));
+        assert!(
+            !status.stalled(true, 1_000 + 29_000, after),
+            "not for long enough"
+        );
+        assert!(
+            !status.stalled(false, 1_000 + 90_000, after),
+            "caught up is never stalled"
+        );
     }
 
     fn fast_retries() -> RetryPolicy {

@@ -299,8 +299,8 @@ pub struct ProjectionStatusResponse {
     pub lag_events: u64,
     /// Age of the newest applied event when the projection is behind; 0 when caught up.
     pub lag_seconds: f64,
-    /// `starting`, `running`, `retrying`, `stopped`, or `elsewhere` when the projection
-    /// runs in other processes.
+    /// `starting`, `running`, `retrying`, `stalled` (behind the log with nothing applied
+    /// for 30 s), `stopped`, or `elsewhere` when the projection runs in other processes.
     #[schema(example = "running")]
     pub state: &'static str,
     pub last_error: Option<String>,

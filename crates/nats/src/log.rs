@@ -94,7 +94,10 @@ impl NatsEventLog {
                 });
             }
         }
-        let jetstream = jetstream::new(client.clone());
+        let mut jetstream = jetstream::new(client.clone());
+        // A command waits at most this long for JetStream to make it durable; then it is
+        // answered 503 and the client retries, instead of hanging through an outage.
+        jetstream.set_timeout(Duration::from_secs(2));
         let description = format!("Santa's Workshop events; partitions={}", options.partitions);
         let config = Config {
             name: options.stream.clone(),
@@ -459,6 +462,13 @@ impl EventLog for NatsEventLog {
             }
         });
         futures_util::future::try_join_all(heads).await
+    }
+
+    async fn partition_head(&self, partition: u32) -> Result<Position, LogError> {
+        let filter = format!("{}.{partition}.>", self.options.prefix);
+        Ok(Position::new(
+            self.last_of(&filter).await?.map_or(0, |(seq, _, _)| seq),
+        ))
     }
 
     async fn partition_at(&self, position: Position) -> Result<u32, LogError> {

@@ -290,17 +290,18 @@ mod outages {
         let mut clients = load(&http, &base, &answers, &stopped);
         tokio::time::sleep(Duration::from_millis(700)).await;
 
-        // Stop the broker for three seconds.
+        // Stop the broker for four seconds: longer than a command waits for durability
+        // (2 s), so requests caught in flight are answered within the outage too.
         drop(nats);
         let down = Instant::now();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(2000)).await;
         let readiness = http
             .get(format!("{base}/readyz"))
             .send()
             .await
             .unwrap()
             .status();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(2000)).await;
         let up = Instant::now();
         nats = Processes(vec![nats_server(nats_port, nats_dir.path())]);
         // The API recovers by itself: wait for the first acknowledgement after the restart.

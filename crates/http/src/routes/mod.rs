@@ -150,10 +150,12 @@ async fn poll_checkpoint(
         if checkpoint >= position {
             return Ok(true);
         }
-        if tokio::time::Instant::now() + CHECKPOINT_POLL > deadline {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
             return Ok(false);
         }
-        tokio::time::sleep(CHECKPOINT_POLL).await;
+        // The last look is at the deadline itself.
+        tokio::time::sleep(CHECKPOINT_POLL.min(deadline - now)).await;
     }
 }
 

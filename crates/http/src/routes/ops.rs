@@ -45,6 +45,9 @@ pub(crate) async fn readyz(
     Ok(Json(HealthResponse { status: "ready" }))
 }
 
+/// A projection behind the log that applied nothing for this long is reported as stalled.
+const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn not_ready(detail: String) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", detail)
         .retry_after(std::time::Duration::from_secs(1))
@@ -101,7 +104,12 @@ async fn projection_report(state: &AppState) -> Result<ProjectionsResponse, ApiE
             partitions,
             lag_events,
             lag_seconds,
-            state: local.as_ref().map_or("elsewhere", |s| s.state.as_str()),
+            state: match local.as_ref() {
+                None => "elsewhere",
+                // Behind the log and no batch applied for a while: something is stuck.
+                Some(s) if s.stalled(lag_events > 0, now_ms, STALLED_AFTER) => "stalled",
+                Some(s) => s.state.as_str(),
+            },
             last_error: local.and_then(|s| s.last_error),
         });
     }
