@@ -209,6 +209,33 @@ mod outages {
             .expect("nats-server is installed beside the NATS service")
     }
 
+    /// `santa serve` with `args`, ready, with the toy `kite` at 125 cents in its catalogue.
+    async fn serve_with_kite(args: Vec<String>) -> (Processes, String, Client) {
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let server = Processes(vec![santa(
+            &[
+                vec!["serve".into(), format!("--addr=127.0.0.1:{port}")],
+                args,
+            ]
+            .concat(),
+        )]);
+        let http = Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        ready(&http, &base).await;
+        let body = json!({"name": "Kite", "description": "", "price_cents": 125});
+        let response = http
+            .put(format!("{base}/toys/kite"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        (server, base, http)
+    }
+
     /// What a client saw: when the answer came and what it was.
     type Answers = Arc<Mutex<Vec<(Instant, String, StatusCode)>>>;
 
@@ -260,30 +287,12 @@ mod outages {
         let nats_dir = tempfile::tempdir().unwrap();
         let nats_port = free_port();
         let mut nats = Processes(vec![nats_server(nats_port, nats_dir.path())]);
-        let port = free_port();
-        let base = format!("http://127.0.0.1:{port}");
-        let _server = Processes(vec![santa(&[
-            "serve".into(),
-            format!("--addr=127.0.0.1:{port}"),
+        let (_server, base, http) = serve_with_kite(vec![
             format!("--event-log=nats://127.0.0.1:{nats_port}"),
             format!("--read-store={db}"),
             format!("--analytics={db}"),
-        ])]);
-        let http = Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        ready(&http, &base).await;
-        let body = json!({"name": "Kite", "description": "", "price_cents": 125});
-        assert_eq!(
-            http.put(format!("{base}/toys/kite"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            StatusCode::ACCEPTED
-        );
+        ])
+        .await;
 
         let answers: Answers = Arc::default();
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -392,30 +401,12 @@ mod outages {
             .unwrap();
         let name = db.rsplit('/').next().unwrap().to_owned();
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let base = format!("http://127.0.0.1:{port}");
-        let _server = Processes(vec![santa(&[
-            "serve".into(),
-            format!("--addr=127.0.0.1:{port}"),
+        let (_server, base, http) = serve_with_kite(vec![
             format!("--data-dir={}", dir.path().display()),
             format!("--read-store={db}"),
             format!("--analytics={db}"),
-        ])]);
-        let http = Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        ready(&http, &base).await;
-        let body = json!({"name": "Kite", "description": "", "price_cents": 125});
-        assert_eq!(
-            http.put(format!("{base}/toys/kite"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            StatusCode::ACCEPTED
-        );
+        ])
+        .await;
 
         let answers: Answers = Arc::default();
         let (stop, stopped) = tokio::sync::watch::channel(false);
