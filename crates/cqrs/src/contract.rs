@@ -67,6 +67,15 @@ pub async fn appends_check_the_expected_version(log: Arc<dyn EventLog>) {
     let bodies: Vec<_> = stream.iter().map(|e| e.data.as_slice()).collect();
     assert_eq!(bodies, [b"a", b"b", b"c"]);
     assert!(log.read_stream("s-unknown").await.unwrap().is_empty());
+    let lasts = log
+        .read_lasts(&["s-1".to_owned(), "s-unknown".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(
+        lasts[0].as_ref().map(|e| (e.version, e.data.as_slice())),
+        Some((3, b"c".as_slice()))
+    );
+    assert_eq!(lasts[1], None);
 }
 
 /// Appending the same event (same id) again is a repeat: the original position, no write.

@@ -85,6 +85,17 @@ pub trait EventLog: Send + Sync + Debug + 'static {
         Ok(all)
     }
 
+    /// The newest event of each stream (`None` for an empty one), in the order asked: for
+    /// aggregates whose every event is a full snapshot (a toy), that is the whole state.
+    async fn read_lasts(&self, streams: &[String]) -> Result<Vec<Option<RecordedEvent>>, LogError> {
+        Ok(self
+            .read_streams(streams)
+            .await?
+            .into_iter()
+            .map(|mut events| events.pop())
+            .collect())
+    }
+
     /// Up to `limit` events after `after`, in position order.
     async fn read_all(&self, after: Position, limit: usize)
     -> Result<Vec<RecordedEvent>, LogError>;

@@ -232,8 +232,12 @@ impl NatsEventLog {
         events: &[NewEvent],
     ) -> Result<Position, LogError> {
         let subject = self.subject(stream);
-        let (mut last_sequence, actual, last_id) =
-            self.last_of(&subject).await?.unwrap_or((0, 0, None));
+        // A stream expected not to exist needs no look-up: the publish itself expects
+        // subject sequence 0, and a repeated event id is answered by de-duplication.
+        let (mut last_sequence, actual, last_id) = match expected {
+            ExpectedVersion::Exactly(0) => (0, 0, None),
+            _ => self.last_of(&subject).await?.unwrap_or((0, 0, None)),
+        };
         if let ExpectedVersion::Exactly(expected) = expected
             && expected != actual
         {
@@ -277,7 +281,10 @@ impl NatsEventLog {
                         .last_of(&subject)
                         .await?
                         .map_or(0, |(_, version, _)| version);
-                    let expected = actual.saturating_sub(1);
+                    let expected = match expected {
+                        ExpectedVersion::Exactly(v) => v,
+                        ExpectedVersion::Any => actual.saturating_sub(1),
+                    };
                     return Err(LogError::Conflict {
                         stream: stream.to_owned(),
                         expected,
@@ -409,6 +416,22 @@ impl EventLog for NatsEventLog {
 
     async fn read_streams(&self, streams: &[String]) -> Result<Vec<Vec<RecordedEvent>>, LogError> {
         futures_util::future::try_join_all(streams.iter().map(|s| self.read_stream(s))).await
+    }
+
+    async fn read_lasts(&self, streams: &[String]) -> Result<Vec<Option<RecordedEvent>>, LogError> {
+        self.connected()?;
+        let lasts = streams.iter().map(|stream| async move {
+            match self
+                .stream
+                .direct_get_last_for_subject(self.subject(stream))
+                .await
+            {
+                Ok(m) => recorded(m.sequence, Some(&m.headers), &m.payload).map(Some),
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+                Err(e) => Err(unavailable(e)),
+            }
+        });
+        futures_util::future::try_join_all(lasts).await
     }
 
     async fn read_all(

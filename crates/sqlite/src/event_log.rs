@@ -130,6 +130,22 @@ impl EventLog for SqliteEventLog {
             .map_err(|e| LogError::Unavailable(e.to_string()))
     }
 
+    async fn read_lasts(&self, streams: &[String]) -> Result<Vec<Option<RecordedEvent>>, LogError> {
+        let streams = streams.to_vec();
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "{SELECT} WHERE stream = ?1 ORDER BY version DESC LIMIT 1"
+                ))?;
+                streams
+                    .iter()
+                    .map(|stream| stmt.query_row([stream], row_to_event).optional())
+                    .collect()
+            })
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))
+    }
+
     async fn read_all(
         &self,
         after: Position,

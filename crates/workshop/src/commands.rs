@@ -64,7 +64,7 @@ impl CommandService {
     #[tracing::instrument(skip_all, fields(letter = %cmd.id()))]
     pub async fn submit_letter(&self, cmd: SubmitLetter) -> Result<Accepted, CommandError> {
         let (id, stream) = (cmd.id().to_string(), cmd.stream());
-        // The catalogue entries of the letter's toys are read in the same round trip.
+        // A toy's newest event is its whole state (every upsert carries the full toy).
         let toy_streams: Vec<String> = cmd
             .toys()
             .iter()
@@ -74,8 +74,9 @@ impl CommandService {
             let state = fold(LetterState::default(), LetterState::apply, &history);
             let catalogue = toys
                 .iter()
-                .map(|recorded| {
-                    decode_all(recorded).map(|h| fold(ToyState::default(), ToyState::apply, &h))
+                .map(|last| {
+                    decode_all(last.as_slice())
+                        .map(|h| fold(ToyState::default(), ToyState::apply, &h))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let decision = state.decide_submit(cmd.clone(), |toy| {
@@ -106,10 +107,10 @@ impl CommandService {
             .collect::<Result<_, _>>()?)
     }
 
-    /// Loads `stream` (and, read-only, `context` streams), lets `decide` choose, and
-    /// appends at the loaded version; decides again when another writer got there first.
-    /// `decide` returns the decision and, for an idempotent repeat, the position to
-    /// acknowledge again.
+    /// Loads `stream` (and, read-only, the newest event of each `context` stream), lets
+    /// `decide` choose, and appends at the loaded version; decides again when another
+    /// writer got there first. `decide` returns the decision and, for an idempotent
+    /// repeat, the position to acknowledge again.
     async fn decide_and_append<F>(
         &self,
         stream: &str,
@@ -118,18 +119,19 @@ impl CommandService {
         decide: F,
     ) -> Result<Accepted, CommandError>
     where
-        F: Fn(History, &[Vec<RecordedEvent>]) -> Result<(Decision, Option<Position>), CommandError>,
+        F: Fn(
+            History,
+            &[Option<RecordedEvent>],
+        ) -> Result<(Decision, Option<Position>), CommandError>,
     {
-        let mut streams = Vec::with_capacity(1 + context.len());
-        streams.push(stream.to_owned());
-        streams.extend_from_slice(context);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let loaded = self.log.read_streams(&streams).await?;
-            let (recorded, context) = loaded
-                .split_first()
-                .map_or((&[][..], &[][..]), |(r, c)| (r.as_slice(), c));
+            // One round trip for both where the log allows (and they run concurrently).
+            let (recorded, context) =
+                tokio::try_join!(self.log.read_stream(stream), self.log.read_lasts(context))?;
+            let recorded = recorded.as_slice();
+            let context = context.as_slice();
             let version = recorded.last().map_or(0, |e| e.version);
             match decide(decode_all(recorded)?, context)? {
                 (Decision::Unchanged, repeat) => {
