@@ -4,11 +4,8 @@
 
 use std::sync::Arc;
 
-use santa_cqrs::memory::MemoryEventLog;
-use santa_cqrs::{EventLog, Leases, Position, Projection, ProjectionError, contract};
-use santa_domain::{CancelLetter, LetterId};
+use santa_cqrs::{Leases, Position, Projection, ProjectionError, contract};
 use santa_postgres::{Pg, PgAnalyticsStore, PgKvStore, PgLeases, fresh_database};
-use santa_workshop::CommandService;
 use santa_workshop::analytics::{AnalyticsProjection, AnalyticsStore};
 use santa_workshop::kv::MemoryKvStore;
 use santa_workshop::letters::{LettersProjection, LettersQueries};
@@ -19,29 +16,14 @@ async fn database() -> Option<Pg> {
     Some(Pg::connect(&url, 4).await.unwrap())
 }
 
-/// The demo data plus a cancellation, as one batch from an in-memory log.
-async fn events() -> (Arc<MemoryEventLog>, Vec<santa_cqrs::RecordedEvent>) {
-    let log = Arc::new(MemoryEventLog::default());
-    let commands = CommandService::new(log.clone());
-    santa_workshop::seed::seed(&commands).await.unwrap();
-    commands
-        .cancel_letter(CancelLetter {
-            id: LetterId::parse("demo-linus").unwrap(),
-        })
-        .await
-        .unwrap();
-    let batch = log.read_all(Position::ZERO, 1000).await.unwrap();
-    (log, batch)
-}
-
 #[tokio::test]
 async fn the_postgres_key_value_store_holds_exactly_what_the_reference_store_holds() {
     let Some(pg) = database().await else { return };
     let store = Arc::new(PgKvStore::open(pg.clone()).await.unwrap());
     // Opening again finds the schema migrated and changes nothing.
     PgKvStore::open(pg).await.unwrap();
-    let (log, batch) = events().await;
-    let head = log.head().await.unwrap();
+    let batch = santa_workshop::contract::demo_events().await;
+    let head = batch.last().unwrap().position;
     let projection = LettersProjection::new(store.clone());
     // In two batches, so the second reads items the first wrote.
     let (first, second) = batch.split_at(8);
@@ -91,17 +73,12 @@ async fn the_postgres_key_value_store_holds_exactly_what_the_reference_store_hol
 async fn the_postgres_analytics_store_reports_exact_totals() {
     let Some(pg) = database().await else { return };
     let store = Arc::new(PgAnalyticsStore::open(pg).await.unwrap());
-    let (log, batch) = events().await;
+    let batch = santa_workshop::contract::demo_events().await;
+    let head = batch.last().unwrap().position;
     let projection = AnalyticsProjection::new(store.clone());
     projection.apply(3, Position::ZERO, &batch).await.unwrap();
-    projection
-        .apply(3, log.head().await.unwrap(), &batch)
-        .await
-        .unwrap();
-    assert_eq!(
-        projection.checkpoint(3).await.unwrap(),
-        log.head().await.unwrap()
-    );
+    projection.apply(3, head, &batch).await.unwrap();
+    assert_eq!(projection.checkpoint(3).await.unwrap(), head);
     assert_eq!(
         projection.checkpoint(0).await.unwrap(),
         Position::ZERO,
@@ -163,4 +140,19 @@ async fn leases_are_exclusive_shared_fairly_and_released_with_their_process() {
         );
         tokio::task::yield_now().await;
     }
+}
+
+#[tokio::test]
+async fn the_postgres_stores_keep_the_checkpoint_contract() {
+    let Some(pg) = database().await else { return };
+    let kv = Arc::new(PgKvStore::open(pg.clone()).await.unwrap());
+    let analytics = Arc::new(PgAnalyticsStore::open(pg).await.unwrap());
+    santa_workshop::contract::checkpoints_are_compare_and_set_per_partition(Arc::new(
+        LettersProjection::new(kv),
+    ))
+    .await;
+    santa_workshop::contract::checkpoints_are_compare_and_set_per_partition(Arc::new(
+        AnalyticsProjection::new(analytics),
+    ))
+    .await;
 }

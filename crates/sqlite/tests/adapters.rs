@@ -190,4 +190,19 @@ mod projections {
         let history = commands.history("letter-old-1").await.unwrap();
         assert_eq!(history.len(), 1);
     }
+
+    #[tokio::test]
+    async fn the_sqlite_stores_keep_the_checkpoint_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Arc::new(SqliteKvStore::open(dir.path()).unwrap());
+        let analytics = Arc::new(SqliteAnalyticsStore::open(dir.path()).unwrap());
+        santa_workshop::contract::checkpoints_are_compare_and_set_per_partition(Arc::new(
+            LettersProjection::new(kv),
+        ))
+        .await;
+        santa_workshop::contract::checkpoints_are_compare_and_set_per_partition(Arc::new(
+            AnalyticsProjection::new(analytics),
+        ))
+        .await;
+    }
 }

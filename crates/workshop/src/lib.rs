@@ -11,6 +11,7 @@
 pub mod analytics;
 pub mod codec;
 pub mod commands;
+pub mod contract;
 pub mod idempotency;
 pub mod kv;
 pub mod letters;

@@ -152,3 +152,12 @@ async fn letters_are_listed_a_page_at_a_time() {
     all.dedup();
     assert_eq!(all.len(), 5);
 }
+
+#[tokio::test]
+async fn the_reference_store_keeps_the_checkpoint_contract() {
+    let store = Arc::new(MemoryKvStore::default());
+    crate::contract::checkpoints_are_compare_and_set_per_partition(Arc::new(
+        LettersProjection::new(store),
+    ))
+    .await;
+}
