@@ -12,6 +12,7 @@ mod log;
 pub mod memory;
 mod position;
 mod projection;
+mod runner;
 
 pub use lease::{Lease, Leases, LocalLeases};
 pub use log::{
@@ -20,6 +21,6 @@ pub use log::{
 };
 pub use position::{InvalidPosition, Position};
 pub use projection::{
-    Projection, ProjectionError, ProjectionHandle, ProjectionRunner, ProjectionState,
-    ProjectionStatus, RetryPolicy,
+    Projection, ProjectionError, ProjectionHandle, ProjectionState, ProjectionStatus, RetryPolicy,
 };
+pub use runner::ProjectionRunner;

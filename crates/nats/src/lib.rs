@@ -14,6 +14,8 @@
 
 mod idempotency;
 mod log;
+mod message;
+mod reader;
 
 pub use idempotency::NatsIdempotencyStore;
 pub use log::{NatsError, NatsEventLog, NatsOptions};

@@ -7,11 +7,16 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::{Config, DirectGetErrorKind, StorageType, Stream};
 use async_nats::jetstream::{self, Context};
 use async_trait::async_trait;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use santa_cqrs::{
     EventLog, EventSource, ExpectedVersion, LogError, NewEvent, Position, RecordedEvent,
 };
 use tokio::sync::watch;
+
+use crate::message::{
+    EVENT_TYPE, RECORDED_AT, SCHEMA, STREAM, VERSION, from_message, header, recorded, unavailable,
+};
+use crate::reader::PartitionReader;
 
 /// Where and how the log lives in JetStream.
 #[derive(Debug, Clone)]
@@ -44,12 +49,6 @@ pub enum NatsError {
     #[error("the JetStream stream `{stream}` conflicts with this configuration: {reason}")]
     Conflict { stream: String, reason: String },
 }
-
-const VERSION: &str = "Santa-Version";
-const STREAM: &str = "Santa-Stream";
-const EVENT_TYPE: &str = "Santa-Event-Type";
-const SCHEMA: &str = "Santa-Schema-Version";
-const RECORDED_AT: &str = "Santa-Recorded-At";
 
 /// The event log on a JetStream stream.
 #[derive(Debug)]
@@ -326,43 +325,6 @@ impl NatsEventLog {
     }
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).map(|v| v.as_str())
-}
-
-fn unavailable(error: impl std::fmt::Display) -> LogError {
-    LogError::Unavailable(error.to_string())
-}
-
-/// Rebuilds a recorded event from a JetStream message's sequence, headers and payload.
-fn recorded(
-    sequence: u64,
-    headers: Option<&HeaderMap>,
-    payload: &[u8],
-) -> Result<RecordedEvent, LogError> {
-    let headers =
-        headers.ok_or_else(|| LogError::Corrupt(format!("message {sequence} has no headers")))?;
-    let get = |name: &str| {
-        header(headers, name)
-            .ok_or_else(|| LogError::Corrupt(format!("message {sequence} lacks {name}")))
-    };
-    let number = |name: &str| {
-        get(name)?
-            .parse::<i64>()
-            .map_err(|e| LogError::Corrupt(format!("message {sequence}: {name}: {e}")))
-    };
-    Ok(RecordedEvent {
-        position: Position::new(sequence),
-        stream: get(STREAM)?.to_owned(),
-        version: u64::try_from(number(VERSION)?).unwrap_or(0),
-        event_id: get("Nats-Msg-Id")?.to_owned(),
-        event_type: get(EVENT_TYPE)?.to_owned(),
-        schema_version: u32::try_from(number(SCHEMA)?).unwrap_or(0),
-        recorded_at_ms: number(RECORDED_AT)?,
-        data: payload.to_vec(),
-    })
-}
-
 #[async_trait]
 impl EventLog for NatsEventLog {
     async fn append(
@@ -550,74 +512,5 @@ impl EventLog for NatsEventLog {
             last: after.get(),
             unacked: None,
         })))
-    }
-}
-
-fn from_message(message: &jetstream::Message) -> Result<RecordedEvent, LogError> {
-    let sequence = message
-        .info()
-        .map_err(|e| LogError::Corrupt(e.to_string()))?
-        .stream_sequence;
-    recorded(sequence, message.headers.as_ref(), &message.payload)
-}
-
-/// One partition, in order, live, acknowledged after each commit.
-struct PartitionReader {
-    messages: pull::Stream,
-    /// The newest stream sequence handed out; redeliveries at or below it are dropped.
-    last: u64,
-    /// The newest message handed out and not yet acknowledged.
-    unacked: Option<jetstream::Message>,
-}
-
-impl std::fmt::Debug for PartitionReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PartitionReader")
-            .field("last", &self.last)
-            .finish()
-    }
-}
-
-impl PartitionReader {
-    /// Turns a delivery into an event, or `None` for a redelivery of one already handed out.
-    fn accept(&mut self, message: jetstream::Message) -> Result<Option<RecordedEvent>, LogError> {
-        let event = from_message(&message)?;
-        if event.position.get() <= self.last {
-            return Ok(None);
-        }
-        self.last = event.position.get();
-        self.unacked = Some(message);
-        Ok(Some(event))
-    }
-}
-
-#[async_trait]
-impl EventSource for PartitionReader {
-    async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>, LogError> {
-        let mut batch = Vec::new();
-        while batch.is_empty() {
-            match self.messages.next().await {
-                Some(Ok(message)) => batch.extend(self.accept(message)?),
-                Some(Err(e)) => return Err(unavailable(e)),
-                None => return Err(LogError::Unavailable("the partition consumer ended".into())),
-            }
-        }
-        // Then whatever has already arrived, without waiting.
-        while batch.len() < max {
-            match self.messages.next().now_or_never() {
-                Some(Some(Ok(message))) => batch.extend(self.accept(message)?),
-                Some(Some(Err(e))) => return Err(unavailable(e)),
-                Some(None) | None => break,
-            }
-        }
-        Ok(batch)
-    }
-
-    async fn committed(&mut self) -> Result<(), LogError> {
-        // With `AckPolicy::All`, acknowledging the newest acknowledges everything before it.
-        match self.unacked.take() {
-            Some(message) => message.ack().await.map_err(unavailable),
-            None => Ok(()),
-        }
     }
 }

@@ -1,0 +1,325 @@
+//! The projection runner: follows the log for one projection, a worker per partition.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use crate::{
+    EventLog, Leases, LocalLeases, Projection, ProjectionError, ProjectionHandle, ProjectionState,
+    ProjectionStatus, RetryPolicy, subscribe,
+};
+
+/// Feeds one projection from the log: for every partition this process holds a lease on,
+/// catch up from the stored checkpoint, then follow live.
+pub struct ProjectionRunner {
+    log: Arc<dyn EventLog>,
+    projection: Arc<dyn Projection>,
+    leases: Arc<dyn Leases>,
+    status: watch::Sender<ProjectionStatus>,
+    batch_size: usize,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for ProjectionRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionRunner")
+            .field("projection", &self.projection.name())
+            .finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// How often an idle worker looks at its lease and its share of the work.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// How long a worker without a lease waits before asking again.
+const LEASE_POLL: Duration = Duration::from_millis(500);
+
+impl ProjectionRunner {
+    pub fn new(log: Arc<dyn EventLog>, projection: Arc<dyn Projection>) -> Self {
+        let (status, _) = watch::channel(ProjectionStatus {
+            partitions: vec![None; log.partitions() as usize],
+            state: ProjectionState::Starting,
+            last_error: None,
+            last_event_at_ms: None,
+            attempts: 0,
+            progressed_at_ms: now_ms(),
+        });
+        Self {
+            log,
+            projection,
+            leases: Arc::new(LocalLeases),
+            status,
+            batch_size: 500,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Shares partitions with other processes through `leases`.
+    pub fn with_leases(mut self, leases: Arc<dyn Leases>) -> Self {
+        self.leases = leases;
+        self
+    }
+
+    pub fn handle(&self) -> ProjectionHandle {
+        ProjectionHandle {
+            name: self.projection.name(),
+            status: self.status.subscribe(),
+        }
+    }
+
+    /// Runs until `shutdown` resolves. A batch in progress is finished, never abandoned
+    /// half-way; failures are retried with backoff and reported in the status.
+    #[tracing::instrument(name = "projection", skip_all, fields(projection = self.projection.name()))]
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let this = Arc::new(self);
+        let mut workers = tokio::task::JoinSet::new();
+        for partition in 0..this.log.partitions() {
+            let (this, mut stop) = (this.clone(), stop_rx.clone());
+            workers.spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                this.work_on(partition, stopped).await;
+            });
+        }
+        this.status.send_modify(|s| {
+            if s.state == ProjectionState::Starting && this.log.partitions() > 1 {
+                s.state = ProjectionState::Running;
+            }
+        });
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        while workers.join_next().await.is_some() {}
+        this.status
+            .send_modify(|s| s.state = ProjectionState::Stopped);
+        tracing::info!(position = %this.status.borrow().position(), "projection stopped");
+    }
+
+    /// One partition: wait for its lease, then follow it while the lease holds.
+    async fn work_on(&self, partition: u32, shutdown: impl Future<Output = ()> + Send) {
+        tokio::pin!(shutdown);
+        loop {
+            let lease = match self.lease(partition).await {
+                Ok(lease) => lease,
+                Err(error) => {
+                    self.report_failure(&error);
+                    None
+                }
+            };
+            if let Some(lease) = lease {
+                tracing::debug!(partition, "lease acquired");
+                if self
+                    .follow(partition, lease.as_ref(), &mut shutdown)
+                    .await
+                    .is_break()
+                {
+                    break;
+                }
+                self.status
+                    .send_modify(|s| s.partitions[partition as usize] = None);
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(LEASE_POLL) => {}
+                () = &mut shutdown => break,
+            }
+        }
+    }
+
+    /// A lease on `partition`, unless this process already holds its fair share.
+    async fn lease(
+        &self,
+        partition: u32,
+    ) -> Result<Option<Box<dyn crate::Lease>>, ProjectionError> {
+        let name = self.projection.name();
+        let held = self.status.borrow().partitions.iter().flatten().count() as u32;
+        if held >= self.leases.fair_share(name, self.log.partitions()).await? {
+            return Ok(None);
+        }
+        self.leases.try_acquire(name, partition).await
+    }
+
+    /// Applies `partition` from its checkpoint on; `Break` when shutdown came, `Continue`
+    /// when the lease was lost or given up and should be sought again.
+    async fn follow<S>(
+        &self,
+        partition: u32,
+        lease: &dyn crate::Lease,
+        shutdown: &mut S,
+    ) -> std::ops::ControlFlow<()>
+    where
+        S: Future<Output = ()> + Unpin,
+    {
+        use std::ops::ControlFlow::{Break, Continue};
+        let name = self.projection.name();
+        'resume: loop {
+            let Some(mut checkpoint) = self
+                .retrying(|| self.projection.checkpoint(partition), shutdown)
+                .await
+            else {
+                return Break(());
+            };
+            self.status.send_modify(|s| {
+                s.partitions[partition as usize] = Some(checkpoint);
+                s.state = ProjectionState::Running;
+            });
+            tracing::info!(partition, position = %checkpoint, "projection following the log");
+            let mut source = match subscribe(&self.log, name, partition, checkpoint).await {
+                Ok(source) => source,
+                Err(error) => {
+                    self.report_failure(&error.into());
+                    if self.pause(shutdown).await.is_break() {
+                        return Break(());
+                    }
+                    continue 'resume;
+                }
+            };
+            loop {
+                if !lease.is_held() {
+                    tracing::warn!(partition, "lease lost; stopping work on the partition");
+                    return Continue(());
+                }
+                let share = self
+                    .leases
+                    .fair_share(name, self.log.partitions())
+                    .await
+                    .unwrap_or(u32::MAX);
+                let held = self.status.borrow().partitions.iter().flatten().count() as u32;
+                let highest = self
+                    .status
+                    .borrow()
+                    .partitions
+                    .iter()
+                    .rposition(Option::is_some);
+                if held > share && highest == Some(partition as usize) {
+                    tracing::info!(
+                        partition,
+                        held,
+                        share,
+                        "giving the partition up to share the work"
+                    );
+                    return Continue(());
+                }
+                // Wake up now and then even when idle, to notice a lost lease or a new
+                // process to share the work with.
+                let batch = tokio::select! {
+                    batch = tokio::time::timeout(RECHECK, source.next_batch(self.batch_size)) => match batch {
+                        Ok(batch) => batch,
+                        Err(_idle) => {
+                            // Idle while the partition has events past the checkpoint: the
+                            // reader lost its way (a broker restart, say); open a new one.
+                            if self.log.partition_head(partition).await.is_ok_and(|head| head > checkpoint) {
+                                tracing::info!(partition, "reader idle behind the log; reopening it");
+                                continue 'resume;
+                            }
+                            continue;
+                        }
+                    },
+                    () = &mut *shutdown => return Break(()),
+                };
+                let batch = match batch {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        self.report_failure(&error.into());
+                        if self.pause(shutdown).await.is_break() {
+                            return Break(());
+                        }
+                        continue 'resume;
+                    }
+                };
+                let Some(last) = batch.last() else { continue };
+                let (position, recorded_at) = (last.position, last.recorded_at_ms);
+                // An attempt in progress is finished even when shutdown is requested
+                // meanwhile; only the wait before a retry gives way to it.
+                match self.projection.apply(partition, checkpoint, &batch).await {
+                    Ok(()) => {
+                        checkpoint = position;
+                        if let Err(error) = source.committed().await {
+                            // The store holds the progress; the broker only hears of it.
+                            tracing::debug!(partition, %error, "could not acknowledge to the log");
+                        }
+                        self.status.send_modify(|s| {
+                            s.partitions[partition as usize] = Some(position);
+                            s.progressed_at_ms = now_ms();
+                            s.last_event_at_ms = s.last_event_at_ms.max(Some(recorded_at));
+                            s.state = ProjectionState::Running;
+                            s.attempts = 0;
+                        });
+                    }
+                    Err(ProjectionError::Moved { actual, .. }) => {
+                        tracing::info!(partition, %actual, "another worker moved the checkpoint; resuming from it");
+                        continue 'resume;
+                    }
+                    Err(error) => {
+                        self.report_failure(&error);
+                        if self.pause(shutdown).await.is_break() {
+                            return Break(());
+                        }
+                        continue 'resume;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits out the backoff for the current attempt; `Break` when shutdown came first.
+    async fn pause<S: Future<Output = ()> + Unpin>(
+        &self,
+        shutdown: &mut S,
+    ) -> std::ops::ControlFlow<()> {
+        let delay = self.retry.delay(self.status.borrow().attempts);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => std::ops::ControlFlow::Continue(()),
+            () = &mut *shutdown => std::ops::ControlFlow::Break(()),
+        }
+    }
+
+    /// Repeats `op` until it succeeds, reporting each failure; `None` when shutdown came
+    /// first.
+    async fn retrying<T, F, Fut, S>(&self, op: F, shutdown: &mut S) -> Option<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ProjectionError>>,
+        S: Future<Output = ()> + Unpin,
+    {
+        loop {
+            match op().await {
+                Ok(value) => return Some(value),
+                Err(error) => {
+                    self.report_failure(&error);
+                    if self.pause(shutdown).await.is_break() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn report_failure(&self, error: &ProjectionError) {
+        tracing::warn!(%error, "projection failed; retrying");
+        self.status.send_modify(|s| {
+            s.state = ProjectionState::Retrying;
+            s.last_error = Some(error.to_string());
+            s.attempts = s.attempts.saturating_add(1);
+        });
+    }
+}
