@@ -21,6 +21,7 @@ pub use log::{
 };
 pub use position::{InvalidPosition, Position};
 pub use projection::{
-    Projection, ProjectionError, ProjectionHandle, ProjectionState, ProjectionStatus, RetryPolicy,
+    Progress, Projection, ProjectionError, ProjectionHandle, ProjectionState, ProjectionStatus,
+    RetryPolicy,
 };
 pub use runner::ProjectionRunner;

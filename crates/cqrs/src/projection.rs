@@ -20,14 +20,51 @@ pub trait Projection: Send + Sync + std::fmt::Debug + 'static {
     /// The position of the last event applied from `partition`, read from the store.
     async fn checkpoint(&self, partition: u32) -> Result<Position, ProjectionError>;
 
-    /// Applies `batch` (events of `partition` after `expected`, in order) if the stored
-    /// checkpoint is `expected`; otherwise fails with [`ProjectionError::Moved`].
+    /// Applies `events` and moves the checkpoint as `progress` says, in one transaction.
+    /// With [`Progress::Advance`], a stored checkpoint other than `expected` fails with
+    /// [`ProjectionError::Moved`] and changes nothing; events at or below it are skipped.
+    async fn apply_batch(
+        &self,
+        progress: Progress,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError>;
+
+    /// Applies `batch` (events of `partition` after `expected`, in order) and moves the
+    /// checkpoint to its last event, if the stored checkpoint is `expected`.
     async fn apply(
         &self,
         partition: u32,
         expected: Position,
         batch: &[RecordedEvent],
-    ) -> Result<(), ProjectionError>;
+    ) -> Result<(), ProjectionError> {
+        let Some(last) = batch.last() else {
+            return Ok(());
+        };
+        self.apply_batch(
+            Progress::Advance {
+                partition,
+                expected,
+                upto: last.position,
+            },
+            batch,
+        )
+        .await
+    }
+}
+
+/// How a batch moves a projection's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Compare-and-set: the checkpoint of `partition` must be `expected`; it becomes `upto`
+    /// (which may lie past the last applied event, when events were parked).
+    Advance {
+        partition: u32,
+        expected: Position,
+        upto: Position,
+    },
+    /// A re-drive of parked events: the checkpoint stays; the events' own idempotence
+    /// keeps a repeated re-drive harmless.
+    Redrive,
 }
 
 /// Why a projection could not apply a batch.

@@ -1,7 +1,7 @@
 //! The analytics store on PostgreSQL (`santa_analytics` schema).
 
 use async_trait::async_trait;
-use santa_cqrs::{Position, ProjectionError};
+use santa_cqrs::{Position, Progress, ProjectionError};
 use santa_workshop::analytics::{
     AnalyticsChange, AnalyticsStore, LetterRow, NAME, Totals, ToyDemand,
 };
@@ -9,8 +9,7 @@ use santa_workshop::kv::StoreError;
 use tokio_postgres::Transaction;
 
 use crate::db::{
-    OpenError, Pg, lock_checkpoint, projection_error, read_checkpoint, store_error,
-    write_checkpoint,
+    OpenError, Pg, end_batch, lock_checkpoint, projection_error, read_checkpoint, store_error,
 };
 
 const SCHEMA: &str = "santa_analytics";
@@ -140,21 +139,16 @@ impl AnalyticsStore for PgAnalyticsStore {
 
     async fn apply(
         &self,
-        partition: u32,
-        expected: Position,
+        progress: Progress,
         changes: Vec<(Position, AnalyticsChange)>,
     ) -> Result<(), ProjectionError> {
         let mut client = self.pg.client().await?;
         let tx = client.transaction().await.map_err(projection_error)?;
-        lock_checkpoint(&tx, SCHEMA, NAME, partition, expected).await?;
-        let mut last = None;
-        for (position, change) in changes.iter().filter(|(p, _)| *p > expected) {
+        let after = lock_checkpoint(&tx, SCHEMA, NAME, progress).await?;
+        for (_, change) in changes.iter().filter(|(p, _)| *p > after) {
             apply_change(&tx, change).await.map_err(projection_error)?;
-            last = Some(*position);
         }
-        let Some(last) = last else { return Ok(()) };
-        write_checkpoint(&tx, SCHEMA, NAME, partition, last).await?;
-        tx.commit().await.map_err(projection_error)
+        end_batch(tx, SCHEMA, NAME, progress).await
     }
 
     async fn toy_demand(&self, limit: usize) -> Result<Vec<ToyDemand>, StoreError> {

@@ -3,7 +3,7 @@
 use std::str::FromStr;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use santa_cqrs::{Position, ProjectionError};
+use santa_cqrs::{Position, Progress, ProjectionError};
 use santa_workshop::kv::StoreError;
 use tokio_postgres::{GenericClient, NoTls};
 
@@ -162,14 +162,22 @@ pub(crate) async fn read_checkpoint(
     })))
 }
 
-/// Inside `tx`: locks the checkpoint row and checks it is `expected`.
+/// Inside `tx`, for an advance: locks the checkpoint row, checks it is `expected`, and
+/// returns it (events at or below it are skipped). A re-drive takes no lock.
 pub(crate) async fn lock_checkpoint(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
     projection: &str,
-    partition: u32,
-    expected: Position,
-) -> Result<(), ProjectionError> {
+    progress: Progress,
+) -> Result<Position, ProjectionError> {
+    let Progress::Advance {
+        partition,
+        expected,
+        ..
+    } = progress
+    else {
+        return Ok(Position::ZERO);
+    };
     let part = i32::try_from(partition).unwrap_or(i32::MAX);
     tx.execute(
         &format!(
@@ -191,7 +199,26 @@ pub(crate) async fn lock_checkpoint(
     if actual != expected {
         return Err(ProjectionError::Moved { expected, actual });
     }
-    Ok(())
+    Ok(actual)
+}
+
+/// For an advance, moves the checkpoint; then commits.
+pub(crate) async fn end_batch(
+    tx: deadpool_postgres::Transaction<'_>,
+    schema: &str,
+    projection: &str,
+    progress: Progress,
+) -> Result<(), ProjectionError> {
+    if let Progress::Advance {
+        partition,
+        expected,
+        upto,
+    } = progress
+        && upto > expected
+    {
+        write_checkpoint(&tx, schema, projection, partition, upto).await?;
+    }
+    tx.commit().await.map_err(projection_error)
 }
 
 pub(crate) async fn write_checkpoint(

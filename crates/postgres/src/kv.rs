@@ -2,14 +2,13 @@
 //! partial index standing in for the global secondary index.
 
 use async_trait::async_trait;
-use santa_cqrs::{Position, ProjectionError};
+use santa_cqrs::{Position, Progress, ProjectionError};
 use santa_workshop::Envelope;
 use santa_workshop::kv::{Item, Key, KvApply, KvStore, StoreError, stage_batch};
 use tokio_postgres::Row;
 
 use crate::db::{
-    OpenError, Pg, lock_checkpoint, projection_error, read_checkpoint, store_error,
-    write_checkpoint,
+    OpenError, Pg, end_batch, lock_checkpoint, projection_error, read_checkpoint, store_error,
 };
 
 const SCHEMA: &str = "santa_kv";
@@ -66,21 +65,14 @@ impl KvStore for PgKvStore {
     async fn apply(
         &self,
         projection: &'static str,
-        partition: u32,
-        expected: Position,
+        progress: Progress,
         events: Vec<Envelope>,
         apply: KvApply,
     ) -> Result<(), ProjectionError> {
         let mut client = self.pg.client().await?;
         let tx = client.transaction().await.map_err(projection_error)?;
-        lock_checkpoint(&tx, SCHEMA, projection, partition, expected).await?;
-        let fresh: Vec<Envelope> = events
-            .into_iter()
-            .filter(|e| e.position > expected)
-            .collect();
-        let Some(last) = fresh.last().map(|e| e.position) else {
-            return Ok(());
-        };
+        let after = lock_checkpoint(&tx, SCHEMA, projection, progress).await?;
+        let fresh: Vec<Envelope> = events.into_iter().filter(|e| e.position > after).collect();
         let fetch = |keys: Vec<Key>| {
             let tx = &tx;
             async move {
@@ -144,8 +136,7 @@ impl KvStore for PgKvStore {
             .await
             .map_err(projection_error)?;
         }
-        write_checkpoint(&tx, SCHEMA, projection, partition, last).await?;
-        tx.commit().await.map_err(projection_error)
+        end_batch(tx, SCHEMA, projection, progress).await
     }
 
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {

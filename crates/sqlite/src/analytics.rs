@@ -4,15 +4,15 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, params};
-use santa_cqrs::{Position, ProjectionError};
+use santa_cqrs::{Position, Progress, ProjectionError};
 use santa_workshop::analytics::{
     AnalyticsChange, AnalyticsStore, LetterRow, NAME, Totals, ToyDemand,
 };
 use santa_workshop::kv::StoreError;
 
 use crate::OpenError;
-use crate::db::{Db, Durability, store_error};
-use crate::kv::{CHECKPOINTS_BY_PARTITION, begin_batch, read_checkpoint, write_checkpoint};
+use crate::db::{Db, Durability};
+use crate::kv::{CHECKPOINTS_BY_PARTITION, begin_batch, end_batch, read_checkpoint};
 
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE toys (
@@ -123,24 +123,19 @@ impl AnalyticsStore for SqliteAnalyticsStore {
 
     async fn apply(
         &self,
-        partition: u32,
-        expected: Position,
+        progress: Progress,
         changes: Vec<(Position, AnalyticsChange)>,
     ) -> Result<(), ProjectionError> {
         self.db
             .write(move |conn| -> Result<(), ProjectionError> {
-                let tx = begin_batch(conn, NAME, partition, expected)?;
-                let mut last = None;
-                for (position, change) in changes.iter().filter(|(p, _)| *p > expected) {
+                let (tx, after) = begin_batch(conn, NAME, progress)?;
+                for (position, change) in changes.iter().filter(|(p, _)| *p > after) {
                     apply_change(&tx, change).map_err(|e| ProjectionError::Event {
                         position: *position,
                         reason: e.to_string(),
                     })?;
-                    last = Some(*position);
                 }
-                let Some(last) = last else { return Ok(()) };
-                write_checkpoint(&tx, NAME, partition, last).map_err(store_error)?;
-                Ok(tx.commit().map_err(store_error)?)
+                end_batch(tx, NAME, progress)
             })
             .await
     }

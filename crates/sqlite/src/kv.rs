@@ -6,7 +6,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use santa_cqrs::{Position, ProjectionError};
+use santa_cqrs::{Position, Progress, ProjectionError};
 use santa_workshop::Envelope;
 use santa_workshop::kv::{Item, KvApply, KvStore, KvWrite, StoreError};
 
@@ -92,21 +92,47 @@ pub(crate) fn write_checkpoint(
     Ok(())
 }
 
-/// Opens the write transaction of a batch and checks the checkpoint is still `expected`.
+/// Opens the write transaction of a batch. For an advance, checks the checkpoint is still
+/// `expected` and returns it: events at or below it are skipped.
 pub(crate) fn begin_batch<'c>(
     conn: &'c mut Connection,
     projection: &str,
-    partition: u32,
-    expected: Position,
-) -> Result<rusqlite::Transaction<'c>, ProjectionError> {
+    progress: Progress,
+) -> Result<(rusqlite::Transaction<'c>, Position), ProjectionError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(store_error)?;
+    let Progress::Advance {
+        partition,
+        expected,
+        ..
+    } = progress
+    else {
+        return Ok((tx, Position::ZERO));
+    };
     let actual = read_checkpoint(&tx, projection, partition).map_err(store_error)?;
     if actual != expected {
         return Err(ProjectionError::Moved { expected, actual });
     }
-    Ok(tx)
+    Ok((tx, actual))
+}
+
+/// Moves the checkpoint (for an advance) and commits the batch.
+pub(crate) fn end_batch(
+    tx: rusqlite::Transaction<'_>,
+    projection: &str,
+    progress: Progress,
+) -> Result<(), ProjectionError> {
+    if let Progress::Advance {
+        partition,
+        expected,
+        upto,
+    } = progress
+        && upto > expected
+    {
+        write_checkpoint(&tx, projection, partition, upto).map_err(store_error)?;
+    }
+    Ok(tx.commit().map_err(store_error)?)
 }
 
 /// [`KvWrite`] over an open transaction, with a write-back cache: an item read or written
@@ -193,25 +219,19 @@ impl KvStore for SqliteKvStore {
     async fn apply(
         &self,
         projection: &'static str,
-        partition: u32,
-        expected: Position,
+        progress: Progress,
         events: Vec<Envelope>,
         apply: KvApply,
     ) -> Result<(), ProjectionError> {
         self.db
             .write(move |conn| -> Result<(), ProjectionError> {
-                let tx = begin_batch(conn, projection, partition, expected)?;
-                let fresh: Vec<_> = events.iter().filter(|e| e.position > expected).collect();
-                let Some(last) = fresh.last() else {
-                    return Ok(());
-                };
+                let (tx, after) = begin_batch(conn, projection, progress)?;
                 let mut items = Tx::new(&tx);
-                for envelope in &fresh {
+                for envelope in events.iter().filter(|e| e.position > after) {
                     apply(&mut items, envelope)?;
                 }
                 items.flush().map_err(store_error)?;
-                write_checkpoint(&tx, projection, partition, last.position).map_err(store_error)?;
-                Ok(tx.commit().map_err(store_error)?)
+                end_batch(tx, projection, progress)
             })
             .await
     }

@@ -6,7 +6,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use santa_cqrs::{Position, Projection, ProjectionError, RecordedEvent};
+use santa_cqrs::{Position, Progress, Projection, ProjectionError, RecordedEvent};
 use santa_domain::Event;
 
 use crate::kv::StoreError;
@@ -72,13 +72,11 @@ pub struct Totals {
 pub trait AnalyticsStore: Send + Sync + Debug + 'static {
     async fn checkpoint(&self, partition: u32) -> Result<Position, StoreError>;
 
-    /// In one transaction, if the partition's checkpoint is `expected`: applies the
-    /// changes above it and moves it to the last one. Otherwise fails with
-    /// `ProjectionError::Moved` and changes nothing.
+    /// In one transaction: applies the changes and moves the checkpoint as `progress`
+    /// says (see `KvStore::apply` for the rules).
     async fn apply(
         &self,
-        partition: u32,
-        expected: Position,
+        progress: Progress,
         changes: Vec<(Position, AnalyticsChange)>,
     ) -> Result<(), ProjectionError>;
 
@@ -145,16 +143,15 @@ impl Projection for AnalyticsProjection {
         Ok(self.store.checkpoint(partition).await?)
     }
 
-    async fn apply(
+    async fn apply_batch(
         &self,
-        partition: u32,
-        expected: Position,
-        batch: &[RecordedEvent],
+        progress: Progress,
+        events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let changes = decode_batch(batch)?
+        let changes = decode_batch(events)?
             .iter()
             .map(|e| (e.position, change_for(e)))
             .collect();
-        self.store.apply(partition, expected, changes).await
+        self.store.apply(progress, changes).await
     }
 }

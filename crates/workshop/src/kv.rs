@@ -4,7 +4,7 @@
 use std::fmt::Debug;
 
 use async_trait::async_trait;
-use santa_cqrs::{Position, ProjectionError};
+use santa_cqrs::{Position, Progress, ProjectionError};
 
 use crate::Envelope;
 
@@ -51,14 +51,14 @@ pub trait KvStore: Send + Sync + Debug + 'static {
     /// first batch).
     async fn checkpoint(&self, projection: &str, partition: u32) -> Result<Position, StoreError>;
 
-    /// In one transaction, if the checkpoint of (projection, partition) is `expected`:
-    /// applies every event above it with `apply` and moves it to the last event.
-    /// Otherwise fails with `ProjectionError::Moved` and changes nothing.
+    /// In one transaction: applies `events` with `apply` and moves the projection's
+    /// checkpoint as `progress` says (see [`Progress`]). With `Progress::Advance`, a
+    /// checkpoint other than `expected` fails with `ProjectionError::Moved` and changes
+    /// nothing, and events at or below it are skipped.
     async fn apply(
         &self,
         projection: &'static str,
-        partition: u32,
-        expected: Position,
+        progress: Progress,
         events: Vec<Envelope>,
         apply: KvApply,
     ) -> Result<(), ProjectionError>;
@@ -134,22 +134,31 @@ impl KvStore for MemoryKvStore {
     async fn apply(
         &self,
         projection: &'static str,
-        partition: u32,
-        expected: Position,
+        progress: Progress,
         events: Vec<Envelope>,
         apply: KvApply,
     ) -> Result<(), ProjectionError> {
         let mut table = self.table();
-        let key = (projection.to_owned(), partition);
-        let actual = table.checkpoints.get(&key).copied().unwrap_or_default();
-        if actual != expected {
-            return Err(ProjectionError::Moved { expected, actual });
-        }
         // All or nothing: work on a copy, keep it only if every event applied.
         let mut draft = table.clone();
-        for envelope in events.iter().filter(|e| e.position > actual) {
+        let after = match progress {
+            Progress::Advance {
+                partition,
+                expected,
+                upto,
+            } => {
+                let key = (projection.to_owned(), partition);
+                let actual = draft.checkpoints.get(&key).copied().unwrap_or_default();
+                if actual != expected {
+                    return Err(ProjectionError::Moved { expected, actual });
+                }
+                draft.checkpoints.insert(key, upto.max(actual));
+                actual
+            }
+            Progress::Redrive => Position::ZERO,
+        };
+        for envelope in events.iter().filter(|e| e.position > after) {
             apply(&mut draft, envelope)?;
-            draft.checkpoints.insert(key.clone(), envelope.position);
         }
         *table = draft;
         Ok(())

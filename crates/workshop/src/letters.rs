@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use santa_cqrs::{Position, Projection, ProjectionError, RecordedEvent};
+use santa_cqrs::{Position, Progress, Projection, ProjectionError, RecordedEvent};
 use santa_domain::{Event, LetterCancelled, LetterSubmitted, ToyUpserted};
 use serde::{Deserialize, Serialize};
 
@@ -103,14 +103,13 @@ impl Projection for LettersProjection {
         Ok(self.store.checkpoint(NAME, partition).await?)
     }
 
-    async fn apply(
+    async fn apply_batch(
         &self,
-        partition: u32,
-        expected: Position,
-        batch: &[RecordedEvent],
+        progress: Progress,
+        events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
         self.store
-            .apply(NAME, partition, expected, decode_batch(batch)?, apply_event)
+            .apply(NAME, progress, decode_batch(events)?, apply_event)
             .await
     }
 }

@@ -39,12 +39,14 @@ impl Projection for Gated {
             .unwrap_or_default())
     }
 
-    async fn apply(
+    async fn apply_batch(
         &self,
-        _: u32,
-        expected: Position,
+        progress: Progress,
         batch: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
+        let Progress::Advance { expected, .. } = progress else {
+            unreachable!("no re-drives here")
+        };
         self.gate.acquire().await.unwrap().forget();
         let actual = self
             .applied
