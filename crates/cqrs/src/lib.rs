@@ -7,6 +7,7 @@
 //! promises.
 
 pub mod contract;
+mod dead_letters;
 mod lease;
 mod log;
 pub mod memory;
@@ -14,6 +15,7 @@ mod position;
 mod projection;
 mod runner;
 
+pub use dead_letters::{DeadLetter, DeadLetters, MemoryDeadLetters, Redriven, redrive};
 pub use lease::{Lease, Leases, LocalLeases};
 pub use log::{
     EventLog, EventSource, ExpectedVersion, LogError, NewEvent, RecordedEvent, Subscription,

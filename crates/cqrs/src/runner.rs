@@ -1,5 +1,6 @@
 //! The projection runner: follows the log for one projection, a worker per partition.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -7,8 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use crate::{
-    EventLog, Leases, LocalLeases, Projection, ProjectionError, ProjectionHandle, ProjectionState,
-    ProjectionStatus, RetryPolicy, subscribe,
+    DeadLetter, DeadLetters, EventLog, Leases, LocalLeases, Position, Progress, Projection,
+    ProjectionError, ProjectionHandle, ProjectionState, ProjectionStatus, RecordedEvent,
+    RetryPolicy, subscribe,
 };
 
 /// Feeds one projection from the log: for every partition this process holds a lease on,
@@ -20,6 +22,9 @@ pub struct ProjectionRunner {
     status: watch::Sender<ProjectionStatus>,
     batch_size: usize,
     retry: RetryPolicy,
+    /// Where events that keep failing are set aside, and after how many attempts; without
+    /// it a failing event is retried until it applies.
+    dead_letters: Option<(Arc<dyn DeadLetters>, u32)>,
 }
 
 impl std::fmt::Debug for ProjectionRunner {
@@ -59,6 +64,7 @@ impl ProjectionRunner {
             status,
             batch_size: 500,
             retry: RetryPolicy::default(),
+            dead_letters: None,
         }
     }
 
@@ -69,6 +75,17 @@ impl ProjectionRunner {
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Sets an event aside in `dead_letters` once it failed `max_attempts` times, so the
+    /// projection goes on; later events of its stream wait behind it there.
+    pub fn with_dead_letters(
+        mut self,
+        dead_letters: Arc<dyn DeadLetters>,
+        max_attempts: u32,
+    ) -> Self {
+        self.dead_letters = Some((dead_letters, max_attempts.max(1)));
         self
     }
 
@@ -171,9 +188,18 @@ impl ProjectionRunner {
     {
         use std::ops::ControlFlow::{Break, Continue};
         let name = self.projection.name();
+        // Up to this position, events are applied one at a time to find the one that fails.
+        let mut isolate_until = Position::ZERO;
+        let mut failures = 0;
         'resume: loop {
             let Some(mut checkpoint) = self
                 .retrying(|| self.projection.checkpoint(partition), shutdown)
+                .await
+            else {
+                return Break(());
+            };
+            let Some(mut blocked) = self
+                .retrying(|| self.blocked_streams(partition), shutdown)
                 .await
             else {
                 return Break(());
@@ -219,10 +245,15 @@ impl ProjectionRunner {
                     );
                     return Continue(());
                 }
+                let size = if isolate_until > checkpoint {
+                    1
+                } else {
+                    self.batch_size
+                };
                 // Wake up now and then even when idle, to notice a lost lease or a new
                 // process to share the work with.
                 let batch = tokio::select! {
-                    batch = tokio::time::timeout(RECHECK, source.next_batch(self.batch_size)) => match batch {
+                    batch = tokio::time::timeout(RECHECK, source.next_batch(size)) => match batch {
                         Ok(batch) => batch,
                         Err(_idle) => {
                             // Idle while the partition has events past the checkpoint: the
@@ -247,27 +278,77 @@ impl ProjectionRunner {
                     }
                 };
                 let Some(last) = batch.last() else { continue };
-                let (position, recorded_at) = (last.position, last.recorded_at_ms);
+                let (upto, recorded_at) = (last.position, last.recorded_at_ms);
+                // Events of streams with a parked event wait behind it, set aside too.
+                let apply = match self
+                    .set_aside_blocked(partition, &batch, &mut blocked)
+                    .await
+                {
+                    Ok(apply) => apply,
+                    Err(error) => {
+                        self.report_failure(&error);
+                        if self.pause(shutdown).await.is_break() {
+                            return Break(());
+                        }
+                        continue 'resume;
+                    }
+                };
                 // An attempt in progress is finished even when shutdown is requested
                 // meanwhile; only the wait before a retry gives way to it.
-                match self.projection.apply(partition, checkpoint, &batch).await {
+                let progress = Progress::Advance {
+                    partition,
+                    expected: checkpoint,
+                    upto,
+                };
+                match self.projection.apply_batch(progress, &apply).await {
                     Ok(()) => {
-                        checkpoint = position;
-                        if let Err(error) = source.committed().await {
-                            // The store holds the progress; the broker only hears of it.
-                            tracing::debug!(partition, %error, "could not acknowledge to the log");
-                        }
-                        self.status.send_modify(|s| {
-                            s.partitions[partition as usize] = Some(position);
-                            s.progressed_at_ms = now_ms();
-                            s.last_event_at_ms = s.last_event_at_ms.max(Some(recorded_at));
-                            s.state = ProjectionState::Running;
-                            s.attempts = 0;
-                        });
+                        checkpoint = upto;
+                        failures = 0;
+                        self.advanced(partition, upto, Some(recorded_at), source.as_mut())
+                            .await;
                     }
                     Err(ProjectionError::Moved { actual, .. }) => {
                         tracing::info!(partition, %actual, "another worker moved the checkpoint; resuming from it");
                         continue 'resume;
+                    }
+                    Err(error @ ProjectionError::Event { .. }) if self.dead_letters.is_some() => {
+                        self.report_failure(&error);
+                        failures += 1;
+                        let max = self.dead_letters.as_ref().map_or(u32::MAX, |(_, max)| *max);
+                        if failures < max {
+                            if self.pause(shutdown).await.is_break() {
+                                return Break(());
+                            }
+                            continue 'resume;
+                        }
+                        failures = 0;
+                        if let [event] = apply.as_slice() {
+                            // This event keeps failing: set it aside and go past it.
+                            match self
+                                .park_failed(partition, checkpoint, event, &error, max)
+                                .await
+                            {
+                                Ok(()) => {
+                                    blocked.insert(event.stream.clone(), event.position);
+                                    checkpoint = upto;
+                                    self.advanced(
+                                        partition,
+                                        upto,
+                                        Some(recorded_at),
+                                        source.as_mut(),
+                                    )
+                                    .await;
+                                }
+                                Err(error) => {
+                                    self.report_failure(&error);
+                                    continue 'resume;
+                                }
+                            }
+                        } else {
+                            // Find which event fails: one at a time up to the end of this batch.
+                            isolate_until = upto;
+                            continue 'resume;
+                        }
                     }
                     Err(error) => {
                         self.report_failure(&error);
@@ -279,6 +360,121 @@ impl ProjectionRunner {
                 }
             }
         }
+    }
+
+    /// Records progress after a committed batch.
+    async fn advanced(
+        &self,
+        partition: u32,
+        position: Position,
+        recorded_at: Option<i64>,
+        source: &mut dyn crate::EventSource,
+    ) {
+        if let Err(error) = source.committed().await {
+            // The store holds the progress; the broker only hears of it.
+            tracing::debug!(partition, %error, "could not acknowledge to the log");
+        }
+        self.status.send_modify(|s| {
+            s.partitions[partition as usize] = Some(position);
+            s.progressed_at_ms = now_ms();
+            s.last_event_at_ms = s.last_event_at_ms.max(recorded_at);
+            s.state = ProjectionState::Running;
+            s.attempts = 0;
+        });
+    }
+
+    /// The streams of `partition` with parked events, and the first parked position of each.
+    async fn blocked_streams(
+        &self,
+        partition: u32,
+    ) -> Result<HashMap<String, Position>, ProjectionError> {
+        let Some((dead, _)) = &self.dead_letters else {
+            return Ok(HashMap::new());
+        };
+        let mut blocked = HashMap::new();
+        for letter in dead.list(Some(self.projection.name())).await? {
+            if letter.partition == partition {
+                blocked.entry(letter.stream).or_insert(letter.position);
+            }
+        }
+        Ok(blocked)
+    }
+
+    /// Parks the events of `batch` whose stream has a parked event and returns the others.
+    /// The store is asked again before parking, as a re-drive may have released the stream.
+    async fn set_aside_blocked(
+        &self,
+        partition: u32,
+        batch: &[RecordedEvent],
+        blocked: &mut HashMap<String, Position>,
+    ) -> Result<Vec<RecordedEvent>, ProjectionError> {
+        let Some((dead, _)) = &self.dead_letters else {
+            return Ok(batch.to_vec());
+        };
+        let name = self.projection.name();
+        let mut apply = Vec::with_capacity(batch.len());
+        for event in batch {
+            if !blocked.contains_key(&event.stream) {
+                apply.push(event.clone());
+                continue;
+            }
+            match dead.blocking(name, &event.stream).await? {
+                None => {
+                    blocked.remove(&event.stream);
+                    apply.push(event.clone());
+                }
+                // Parked already (a redelivery): it stays set aside.
+                Some(first) if first == event.position => {}
+                Some(first) => {
+                    let letter = DeadLetter {
+                        projection: name.to_owned(),
+                        partition,
+                        position: event.position,
+                        stream: event.stream.clone(),
+                        event_type: event.event_type.clone(),
+                        error: format!("waiting behind the parked event at {first}"),
+                        attempts: 0,
+                        parked_at_ms: now_ms(),
+                        behind: Some(first),
+                    };
+                    dead.park(letter).await?;
+                }
+            }
+        }
+        Ok(apply)
+    }
+
+    /// Parks an event that failed `attempts` times and moves the checkpoint past it.
+    async fn park_failed(
+        &self,
+        partition: u32,
+        checkpoint: Position,
+        event: &RecordedEvent,
+        error: &ProjectionError,
+        attempts: u32,
+    ) -> Result<(), ProjectionError> {
+        let Some((dead, _)) = &self.dead_letters else {
+            return Ok(());
+        };
+        tracing::warn!(partition, position = %event.position, stream = %event.stream, %error, "event set aside as a dead letter");
+        dead.park(DeadLetter {
+            projection: self.projection.name().to_owned(),
+            partition,
+            position: event.position,
+            stream: event.stream.clone(),
+            event_type: event.event_type.clone(),
+            error: error.to_string(),
+            attempts,
+            parked_at_ms: now_ms(),
+            behind: None,
+        })
+        .await?;
+        let progress = Progress::Advance {
+            partition,
+            expected: checkpoint,
+            upto: event.position,
+        };
+        self.projection.apply_batch(progress, &[]).await
     }
 
     /// Waits out the backoff for the current attempt; `Break` when shutdown came first.

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use super::*;
 use crate::memory::MemoryEventLog;
-use crate::{EventLog, ProjectionRunner};
+use crate::{DeadLetters, EventLog, ProjectionRunner};
 use crate::{ExpectedVersion, contract};
 
 /// Applies only when the test lets it, and fails the first `failures` attempts.
@@ -176,6 +176,141 @@ async fn a_failing_batch_is_retried_and_reported_until_it_applies() {
         "applied once, in order"
     );
     assert_eq!(handle.status().state, ProjectionState::Running);
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+/// Applies events by recording them; events of a `poisoned` stream fail until cured.
+#[derive(Debug, Default)]
+struct Poisoned {
+    poisoned: Mutex<Option<String>>,
+    applied: Mutex<Vec<Position>>,
+    checkpoint: Mutex<Position>,
+}
+
+#[async_trait]
+impl Projection for Poisoned {
+    fn name(&self) -> &'static str {
+        "poisoned"
+    }
+
+    async fn checkpoint(&self, _: u32) -> Result<Position, ProjectionError> {
+        Ok(*self.checkpoint.lock().unwrap())
+    }
+
+    async fn apply_batch(
+        &self,
+        progress: Progress,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let poisoned = self.poisoned.lock().unwrap().clone();
+        if let Some(bad) = events.iter().find(|e| Some(&e.stream) == poisoned.as_ref()) {
+            return Err(ProjectionError::Event {
+                position: bad.position,
+                reason: "cannot apply".into(),
+            });
+        }
+        if let Progress::Advance { expected, upto, .. } = progress {
+            let mut checkpoint = self.checkpoint.lock().unwrap();
+            if *checkpoint != expected {
+                return Err(ProjectionError::Moved {
+                    expected,
+                    actual: *checkpoint,
+                });
+            }
+            *checkpoint = upto;
+        }
+        self.applied
+            .lock()
+            .unwrap()
+            .extend(events.iter().map(|e| e.position));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_poison_event_is_parked_its_stream_waits_and_a_redrive_releases_both() {
+    let log = Arc::new(MemoryEventLog::default());
+    for (stream, body) in [
+        ("a", "1"),
+        ("b", "poison"),
+        ("a", "2"),
+        ("b", "after"),
+        ("c", "3"),
+    ] {
+        log.append(stream, ExpectedVersion::Any, vec![contract::event(body)])
+            .await
+            .unwrap();
+    }
+    let projection = Arc::new(Poisoned {
+        poisoned: Mutex::new(Some("b".into())),
+        ..Poisoned::default()
+    });
+    let dead = Arc::new(crate::MemoryDeadLetters::default());
+    let runner = ProjectionRunner::new(log.clone(), projection.clone())
+        .with_retry(fast_retries())
+        .with_dead_letters(dead.clone(), 3);
+    let handle = runner.handle();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(runner.run(async {
+        let _ = stopped.await;
+    }));
+
+    // The projection goes on past the poison: every other stream is applied.
+    assert!(
+        handle
+            .wait_for(0, Position::new(5), Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(
+        *projection.applied.lock().unwrap(),
+        [Position::new(1), Position::new(3), Position::new(5)]
+    );
+    let parked = dead.list(Some("poisoned")).await.unwrap();
+    let summary: Vec<_> = parked
+        .iter()
+        .map(|l| (l.position.get(), l.attempts, l.behind.map(Position::get)))
+        .collect();
+    assert_eq!(
+        summary,
+        [(2, 3, None), (4, 0, Some(2))],
+        "the poison after 3 attempts, then the event behind it"
+    );
+    assert!(parked[0].error.contains("cannot apply"));
+
+    // A re-drive before the cause is fixed changes nothing but the attempt count.
+    let dyn_log: Arc<dyn EventLog> = log.clone();
+    let again = crate::redrive(&dyn_log, projection.as_ref(), dead.as_ref(), None)
+        .await
+        .unwrap();
+    assert_eq!((again.applied, again.parked), (0, 2));
+    assert_eq!(dead.list(None).await.unwrap()[0].attempts, 4);
+
+    // Fixed: one re-drive releases the poison and what waited behind it, in order.
+    *projection.poisoned.lock().unwrap() = None;
+    let released = crate::redrive(
+        &dyn_log,
+        projection.as_ref(),
+        dead.as_ref(),
+        Some(Position::new(2)),
+    )
+    .await
+    .unwrap();
+    assert_eq!((released.applied, released.parked), (2, 0));
+    assert!(dead.list(None).await.unwrap().is_empty());
+    assert_eq!(
+        projection.applied.lock().unwrap()[3..],
+        [Position::new(2), Position::new(4)]
+    );
+
+    // New events of the released stream are applied again, not parked.
+    let next = log
+        .append("b", ExpectedVersion::Any, vec![contract::event("later")])
+        .await
+        .unwrap();
+    assert!(handle.wait_for(0, next, Duration::from_secs(10)).await);
+    assert_eq!(projection.applied.lock().unwrap().last(), Some(&next));
+    assert!(dead.list(None).await.unwrap().is_empty());
     let _ = stop.send(());
     task.await.unwrap();
 }
