@@ -203,6 +203,56 @@ pub fn service_url(var: &str) -> Option<String> {
     }
 }
 
+/// Dead letters are kept per projection, replaced on a second park, and report the first
+/// parked event of a stream.
+pub async fn dead_letters_are_kept_per_projection(dead: Arc<dyn crate::DeadLetters>) {
+    let letter =
+        |projection: &str, position: u64, stream: &str, behind: Option<u64>| crate::DeadLetter {
+            projection: projection.into(),
+            partition: 3,
+            position: Position::new(position),
+            stream: stream.into(),
+            event_type: "LetterSubmitted".into(),
+            error: "cannot apply".into(),
+            attempts: 5,
+            parked_at_ms: 1_700_000_000_000,
+            behind: behind.map(Position::new),
+        };
+    dead.park(letter("letters", 12, "letter-b", None))
+        .await
+        .unwrap();
+    dead.park(letter("letters", 15, "letter-b", Some(12)))
+        .await
+        .unwrap();
+    dead.park(letter("analytics", 12, "letter-b", None))
+        .await
+        .unwrap();
+    let mut again = letter("letters", 12, "letter-b", None);
+    again.attempts = 6;
+    dead.park(again.clone()).await.unwrap();
+    let letters = dead.list(Some("letters")).await.unwrap();
+    assert_eq!(
+        letters,
+        [again, letter("letters", 15, "letter-b", Some(12))]
+    );
+    assert_eq!(dead.list(None).await.unwrap().len(), 3);
+    assert_eq!(
+        dead.blocking("letters", "letter-b").await.unwrap(),
+        Some(Position::new(12))
+    );
+    assert_eq!(dead.blocking("letters", "letter-z").await.unwrap(), None);
+    dead.remove("letters", Position::new(12)).await.unwrap();
+    assert_eq!(
+        dead.blocking("letters", "letter-b").await.unwrap(),
+        Some(Position::new(15))
+    );
+    assert_eq!(
+        dead.list(Some("analytics")).await.unwrap().len(),
+        1,
+        "projections are independent"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -216,5 +266,7 @@ mod tests {
         super::concurrent_appends_are_gap_free_and_race_safely(Arc::new(MemoryEventLog::default()))
             .await;
         super::subscriptions_catch_up_then_follow_live(Arc::new(MemoryEventLog::default())).await;
+        super::dead_letters_are_kept_per_projection(Arc::new(crate::MemoryDeadLetters::default()))
+            .await;
     }
 }

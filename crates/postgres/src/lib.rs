@@ -8,10 +8,12 @@
 
 mod analytics;
 mod db;
+mod dead_letters;
 mod kv;
 mod leases;
 
 pub use analytics::PgAnalyticsStore;
 pub use db::{OpenError, Pg, fresh_database};
+pub use dead_letters::PgDeadLetters;
 pub use kv::PgKvStore;
 pub use leases::PgLeases;

@@ -156,3 +156,10 @@ async fn the_postgres_stores_keep_the_checkpoint_contract() {
     ))
     .await;
 }
+
+#[tokio::test]
+async fn the_postgres_dead_letters_keep_the_contract() {
+    let Some(pg) = database().await else { return };
+    let dead = santa_postgres::PgDeadLetters::open(pg).await.unwrap();
+    contract::dead_letters_are_kept_per_projection(Arc::new(dead)).await;
+}

@@ -7,11 +7,13 @@
 
 mod analytics;
 mod db;
+mod dead_letters;
 mod event_log;
 mod idempotency;
 mod kv;
 
 pub use analytics::SqliteAnalyticsStore;
+pub use dead_letters::SqliteDeadLetters;
 pub use event_log::{SqliteEventLog, SqliteLogOptions};
 pub use idempotency::SqliteIdempotencyStore;
 pub use kv::SqliteKvStore;

@@ -17,6 +17,15 @@ async fn the_sqlite_log_checks_expected_versions() {
 }
 
 #[tokio::test]
+async fn the_sqlite_dead_letters_keep_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::dead_letters_are_kept_per_projection(Arc::new(
+        santa_sqlite::SqliteDeadLetters::open(dir.path()).unwrap(),
+    ))
+    .await;
+}
+
+#[tokio::test]
 async fn the_sqlite_log_does_not_write_a_repeated_event_twice() {
     let dir = tempfile::tempdir().unwrap();
     contract::repeated_event_ids_are_not_written_twice(log(&dir)).await;
