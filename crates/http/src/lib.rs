@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use santa_cqrs::{Projection, ProjectionHandle};
+use santa_cqrs::{DeadLetters, Projection, ProjectionHandle};
 use santa_workshop::CommandService;
 use santa_workshop::analytics::AnalyticsStore;
 use santa_workshop::idempotency::IdempotencyStore;
@@ -38,6 +38,8 @@ pub struct AppState {
     pub analytics: Arc<dyn AnalyticsStore>,
     /// Answers kept for `Idempotency-Key` retries.
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Events the projections set aside.
+    pub dead_letters: Arc<dyn DeadLetters>,
     /// The projections queries depend on, with their progress where they run in this
     /// process.
     pub projections: Arc<[ProjectionView]>,

@@ -37,6 +37,7 @@ pub struct Metrics {
     position: Family<ProjectionLabel, Gauge>,
     lag_events: Family<ProjectionLabel, Gauge>,
     lag_seconds: Family<ProjectionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    parked: Family<ProjectionLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -80,6 +81,12 @@ impl Default for Metrics {
             "Age of the newest applied event while the projection is behind",
             lag_seconds.clone(),
         );
+        let parked = Family::<ProjectionLabel, Gauge>::default();
+        registry.register(
+            "projection_parked",
+            "Events set aside as dead letters",
+            parked.clone(),
+        );
         Self {
             registry,
             commands,
@@ -88,6 +95,7 @@ impl Default for Metrics {
             position,
             lag_events,
             lag_seconds,
+            parked,
         }
     }
 }
@@ -115,6 +123,7 @@ impl Metrics {
         position: u64,
         lag_events: u64,
         lag_seconds: f64,
+        parked: usize,
     ) {
         let label = ProjectionLabel { projection };
         self.position
@@ -124,6 +133,9 @@ impl Metrics {
             .get_or_create(&label)
             .set(i64::try_from(lag_events).unwrap_or(i64::MAX));
         self.lag_seconds.get_or_create(&label).set(lag_seconds);
+        self.parked
+            .get_or_create(&label)
+            .set(i64::try_from(parked).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition.

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{commands, ops, queries};
+use crate::routes::{commands, dead_letters, ops, queries};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,7 @@ use crate::routes::{commands, ops, queries};
         queries::list_toys, queries::get_toy, queries::toy_letters, queries::list_letters, queries::get_letter,
         queries::letter_history, queries::toy_demand, queries::totals_by_country, queries::totals_by_day,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::projections, ops::seed,
+        dead_letters::list, dead_letters::redrive,
     ),
     modifiers(&BearerAuth),
     tags(

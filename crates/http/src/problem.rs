@@ -111,6 +111,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// A projection-side failure (reading or writing a store) as the API reports it.
+    pub fn projection(error: santa_cqrs::ProjectionError) -> Self {
+        tracing::warn!(%error, "projection store failure");
+        Self::unavailable(
+            "store-unavailable",
+            "the read store is unavailable right now",
+            2,
+        )
+    }
+}
+
 impl From<InvalidValue> for ApiError {
     fn from(e: InvalidValue) -> Self {
         Self::new(

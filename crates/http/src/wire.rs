@@ -304,6 +304,56 @@ pub struct ProjectionStatusResponse {
     #[schema(example = "running")]
     pub state: &'static str,
     pub last_error: Option<String>,
+    /// Events set aside as dead letters.
+    pub parked: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLettersResponse {
+    pub dead_letters: Vec<DeadLetterResponse>,
+}
+
+/// An event a projection set aside.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterResponse {
+    pub projection: String,
+    pub partition: u32,
+    pub position: u64,
+    pub stream: String,
+    pub event_type: String,
+    /// Why it was set aside.
+    pub error: String,
+    pub attempts: u32,
+    pub parked_at: String,
+    /// Set when the event waits behind this earlier parked event of its letter.
+    pub waiting_behind: Option<u64>,
+}
+
+/// `?projection=` to list one projection's dead letters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLettersParams {
+    /// `letters` or `analytics`; all when absent.
+    pub projection: Option<String>,
+}
+
+/// `POST /admin/dead-letters/redrive`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    #[schema(example = "letters")]
+    pub projection: String,
+    /// Re-drive only the dead letter at this position (and those waiting behind it);
+    /// all of the projection's when absent.
+    pub position: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RedriveResponse {
+    /// Events applied and released.
+    pub applied: usize,
+    /// Events still parked: their cause is not fixed, or they wait behind one that is not.
+    pub still_parked: usize,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

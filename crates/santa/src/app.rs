@@ -57,6 +57,7 @@ impl Application {
             .map(|p| {
                 ProjectionRunner::new(backends.log.clone(), p.clone())
                     .with_leases(backends.leases.clone())
+                    .with_dead_letters(backends.dead_letters.clone(), settings.max_attempts)
             })
             .collect();
 
@@ -82,6 +83,7 @@ impl Application {
             letters: LettersQueries::new(backends.kv.clone()),
             analytics: backends.analytics.clone(),
             idempotency: backends.idempotency.clone(),
+            dead_letters: backends.dead_letters.clone(),
             projections: views,
             metrics: Arc::new(Metrics::default()),
             settings: HttpSettings {

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use santa_cqrs::{EventLog, Leases, LocalLeases};
+use santa_cqrs::{DeadLetters, EventLog, Leases, LocalLeases};
 use santa_nats::{NatsEventLog, NatsIdempotencyStore, NatsOptions};
-use santa_postgres::{Pg, PgAnalyticsStore, PgKvStore, PgLeases};
+use santa_postgres::{Pg, PgAnalyticsStore, PgDeadLetters, PgKvStore, PgLeases};
 use santa_sqlite::{
-    SqliteAnalyticsStore, SqliteEventLog, SqliteIdempotencyStore, SqliteKvStore, SqliteLogOptions,
+    SqliteAnalyticsStore, SqliteDeadLetters, SqliteEventLog, SqliteIdempotencyStore, SqliteKvStore,
+    SqliteLogOptions,
 };
 use santa_workshop::analytics::AnalyticsStore;
 use santa_workshop::idempotency::IdempotencyStore;
@@ -27,6 +28,8 @@ pub struct Backends {
     pub kv: Arc<dyn KvStore>,
     pub analytics: Arc<dyn AnalyticsStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Where projections set aside events that keep failing: beside the key-value store.
+    pub dead_letters: Arc<dyn DeadLetters>,
     /// How projector processes share partitions.
     pub leases: Arc<dyn Leases>,
 }
@@ -79,8 +82,12 @@ impl Backends {
                 }
             };
         let mut leases: Arc<dyn Leases> = Arc::new(LocalLeases);
+        let dead_letters: Arc<dyn DeadLetters>;
         let kv: Arc<dyn KvStore> = match scheme(&settings.read_store)? {
-            Scheme::Embedded => Arc::new(SqliteKvStore::open(dir)?),
+            Scheme::Embedded => {
+                dead_letters = Arc::new(SqliteDeadLetters::open(dir)?);
+                Arc::new(SqliteKvStore::open(dir)?)
+            }
             Scheme::Postgres => {
                 let pg = Pg::connect(&settings.read_store, POOL)
                     .await
@@ -91,6 +98,11 @@ impl Backends {
                 {
                     leases = Arc::new(PgLeases::join(pg.clone()).await.context("--read-store")?);
                 }
+                dead_letters = Arc::new(
+                    PgDeadLetters::open(pg.clone())
+                        .await
+                        .context("--read-store")?,
+                );
                 Arc::new(PgKvStore::open(pg).await.context("--read-store")?)
             }
             Scheme::Nats => {
@@ -114,6 +126,7 @@ impl Backends {
             kv,
             analytics,
             idempotency,
+            dead_letters,
             leases,
         })
     }

@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use reqwest::Method;
 use santa::{Application, Role, Settings, telemetry};
+
+use crate::client::RemoteArgs;
+
+mod client;
 use santa_http::Tokens;
 
 #[derive(Debug, Parser)]
@@ -45,7 +50,35 @@ enum Command {
         backends: BackendArgs,
     },
     /// Load the demo catalogue and letters into a running workshop (POST /admin/seed).
-    Seed(SeedArgs),
+    Seed(RemoteArgs),
+    /// Events the projections set aside: list them, or re-drive them once the cause is fixed.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// List the dead letters of one projection, or of all.
+    List {
+        /// `letters` or `analytics`.
+        #[arg(long)]
+        projection: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Apply a projection's dead letters again (all, or one and those waiting behind it).
+    Redrive {
+        /// `letters` or `analytics`.
+        #[arg(long)]
+        projection: String,
+        /// Only the dead letter at this position, with those waiting behind it.
+        #[arg(long)]
+        position: Option<u64>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
 }
 
 /// Flags of the processes that serve HTTP.
@@ -86,6 +119,9 @@ struct BackendArgs {
     /// Partitions of the JetStream log (fixed when its stream is first created).
     #[arg(long, env = "SANTA_PARTITIONS", default_value_t = 8)]
     partitions: u32,
+    /// Attempts at an event that fails to apply before it is set aside as a dead letter.
+    #[arg(long, env = "SANTA_MAX_ATTEMPTS", default_value_t = 5)]
+    max_attempts: u32,
     /// The JetStream stream holding the events; its subjects follow its name
     /// (`SANTA_EVENTS` → `santa.events.>`).
     #[arg(long, env = "SANTA_NATS_STREAM", default_value = "SANTA_EVENTS")]
@@ -104,6 +140,7 @@ impl BackendArgs {
         settings.analytics = self.analytics;
         settings.partitions = self.partitions;
         settings.nats_stream = self.nats_stream;
+        settings.max_attempts = self.max_attempts;
         if let Some(http) = http {
             settings.tokens = Tokens::parse(&http.tokens)?;
             settings.consistency_timeout = Duration::from_millis(http.consistency_timeout_ms);
@@ -112,16 +149,6 @@ impl BackendArgs {
         }
         Ok(settings)
     }
-}
-
-#[derive(Debug, clap::Args)]
-struct SeedArgs {
-    /// Base URL of the running workshop.
-    #[arg(long, env = "SANTA_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// A token with the admin scope, if the workshop requires tokens.
-    #[arg(long, env = "SANTA_TOKEN", hide_env_values = true)]
-    token: Option<String>,
 }
 
 #[tokio::main]
@@ -134,26 +161,67 @@ async fn main() -> anyhow::Result<()> {
             projection,
             backends,
         } => backends.into_settings(Role::Projector { projection }, None)?,
-        Command::Seed(args) => return seed(args).await,
+        Command::Seed(remote) => return seed(remote).await,
+        Command::DeadLetters { action } => return dead_letters(action).await,
     };
     let app = Application::build(settings).await?;
     app.run_until_stopped(shutdown_signal()).await
 }
 
-async fn seed(args: SeedArgs) -> anyhow::Result<()> {
-    let url = format!("{}/admin/seed", args.url.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().post(&url);
-    if let Some(token) = args.token {
-        request = request.bearer_auth(token);
-    }
-    let response = request
-        .send()
+async fn seed(remote: RemoteArgs) -> anyhow::Result<()> {
+    let seeded = remote
+        .send(Method::POST, "/admin/seed", None)
         .await
-        .with_context(|| format!("cannot reach {url}; is `santa serve` running?"))?;
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    anyhow::ensure!(status.is_success(), "seeding failed with {status}: {body}");
-    println!("{body}");
+        .context("seeding failed")?;
+    println!("{}", serde_json::to_string_pretty(&seeded)?);
+    Ok(())
+}
+
+async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
+    match action {
+        DeadLetterAction::List { projection, remote } => {
+            let path = match &projection {
+                Some(name) => format!("/admin/dead-letters?projection={name}"),
+                None => "/admin/dead-letters".to_owned(),
+            };
+            let listed = remote.send(Method::GET, &path, None).await?;
+            let letters = listed["dead_letters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if letters.is_empty() {
+                println!("no dead letters");
+            }
+            for l in letters {
+                let reason = match l["waiting_behind"].as_u64() {
+                    Some(first) => format!("waiting behind {first}"),
+                    None => l["error"].as_str().unwrap_or_default().to_owned(),
+                };
+                println!(
+                    "{:>10}  {:<10} {:<24} attempts {:<3} {}",
+                    l["position"],
+                    l["projection"].as_str().unwrap_or_default(),
+                    l["stream"].as_str().unwrap_or_default(),
+                    l["attempts"],
+                    reason
+                );
+            }
+        }
+        DeadLetterAction::Redrive {
+            projection,
+            position,
+            remote,
+        } => {
+            let body = serde_json::json!({"projection": projection, "position": position});
+            let outcome = remote
+                .send(Method::POST, "/admin/dead-letters/redrive", Some(body))
+                .await?;
+            println!(
+                "applied {}, still parked {}",
+                outcome["applied"], outcome["still_parked"]
+            );
+        }
+    }
     Ok(())
 }
 

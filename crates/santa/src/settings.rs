@@ -46,6 +46,8 @@ pub struct Settings {
     pub append_queue: usize,
     /// How long the answer to a command sent with an `Idempotency-Key` is kept.
     pub idempotency_window: Duration,
+    /// Attempts at an event that fails to apply before it is set aside as a dead letter.
+    pub max_attempts: u32,
 }
 
 /// The backend URL that means "embedded SQLite under the data directory".
@@ -68,6 +70,7 @@ impl Settings {
             max_body_bytes: 64 * 1024,
             append_queue: 4096,
             idempotency_window: santa_workshop::idempotency::DEFAULT_WINDOW,
+            max_attempts: 5,
         }
     }
 

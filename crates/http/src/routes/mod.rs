@@ -1,6 +1,7 @@
 //! Route assembly: each group behind the scope it needs.
 
 pub(crate) mod commands;
+pub(crate) mod dead_letters;
 pub(crate) mod ops;
 pub(crate) mod queries;
 
@@ -40,11 +41,13 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/analytics/countries", get(queries::totals_by_country))
         .route("/analytics/days", get(queries::totals_by_day))
         .route("/admin/projections", get(ops::projections))
+        .route("/admin/dead-letters", get(dead_letters::list))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route_layer(from_fn_with_state(guard(Scope::Read), require));
     let admin = Router::new()
         .route("/admin/seed", post(ops::seed))
+        .route("/admin/dead-letters/redrive", post(dead_letters::redrive))
         .route_layer(from_fn_with_state(guard(Scope::Admin), require));
     let open = Router::new()
         .route("/healthz", get(ops::healthz))
@@ -76,6 +79,21 @@ impl AppState {
         self.projections
             .iter()
             .find(|p| p.projection.name() == name)
+    }
+
+    /// The projection a request names, or a 404 that lists the real ones.
+    pub(crate) fn projection_named(&self, name: &str) -> Result<&ProjectionView, ApiError> {
+        self.projection(name).ok_or_else(|| {
+            let names: Vec<_> = self
+                .projections
+                .iter()
+                .map(|p| p.projection.name())
+                .collect();
+            ApiError::not_found(format!(
+                "there is no projection `{name}` (there are: {})",
+                names.join(", ")
+            ))
+        })
     }
 
     /// Read-your-writes: with `?after=P`, waits (bounded) until `projection` has applied

@@ -66,6 +66,11 @@ async fn projection_report(state: &AppState) -> Result<ProjectionsResponse, ApiE
     let log = state.commands.log();
     let head = log.head().await?.get();
     let heads = log.partition_heads().await?;
+    let parked = state
+        .dead_letters
+        .list(None)
+        .await
+        .map_err(ApiError::projection)?;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -111,6 +116,10 @@ async fn projection_report(state: &AppState) -> Result<ProjectionsResponse, ApiE
                 Some(s) => s.state.as_str(),
             },
             last_error: local.and_then(|s| s.last_error),
+            parked: parked
+                .iter()
+                .filter(|l| l.projection == view.projection.name())
+                .count(),
         });
     }
     Ok(ProjectionsResponse { head, projections })
@@ -126,7 +135,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     for p in &report.projections {
         state
             .metrics
-            .set_projection(p.name, p.position, p.lag_events, p.lag_seconds);
+            .set_projection(p.name, p.position, p.lag_events, p.lag_seconds, p.parked);
     }
     let text = state.metrics.encode().map_err(|e| ApiError::internal(&e))?;
     let mut response = text.into_response();

@@ -31,6 +31,8 @@ async fn call(app: &TestApp, method: Method, path: &str, token: Option<&str>) ->
     let mut request = app.client.request(method.clone(), app.url(path));
     if method == Method::PUT {
         request = request.json(&json!({"name": "Kite", "description": "", "price_cents": 100}));
+    } else if method == Method::POST && path == "/admin/dead-letters/redrive" {
+        request = request.json(&json!({"projection": "letters"}));
     } else if method == Method::POST && path == "/letters" {
         request = request.json(&letter("l-2", &[("kite", 1)]));
     }
@@ -66,6 +68,7 @@ async fn every_endpoint_requires_the_right_scope() {
         "/analytics/countries",
         "/analytics/days",
         "/admin/projections",
+        "/admin/dead-letters",
         "/metrics",
         "/openapi.json",
     ];

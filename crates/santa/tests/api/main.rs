@@ -5,6 +5,7 @@ mod auth;
 mod backpressure;
 mod commands;
 mod concurrency;
+mod dead_letters;
 mod errors;
 mod helpers;
 mod idempotency;
