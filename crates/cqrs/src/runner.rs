@@ -1,5 +1,6 @@
 //! The projection runner: follows the log for one projection, a worker per partition.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -322,7 +323,7 @@ impl ProjectionRunner {
                             continue 'resume;
                         }
                         failures = 0;
-                        if let [event] = apply.as_slice() {
+                        if let [event] = &*apply {
                             // This event keeps failing: set it aside and go past it.
                             match self
                                 .park_failed(partition, checkpoint, event, &error, max)
@@ -402,15 +403,19 @@ impl ProjectionRunner {
 
     /// Parks the events of `batch` whose stream has a parked event and returns the others.
     /// The store is asked again before parking, as a re-drive may have released the stream.
-    async fn set_aside_blocked(
+    async fn set_aside_blocked<'b>(
         &self,
         partition: u32,
-        batch: &[RecordedEvent],
+        batch: &'b [RecordedEvent],
         blocked: &mut HashMap<String, Position>,
-    ) -> Result<Vec<RecordedEvent>, ProjectionError> {
+    ) -> Result<Cow<'b, [RecordedEvent]>, ProjectionError> {
         let Some((dead, _)) = &self.dead_letters else {
-            return Ok(batch.to_vec());
+            return Ok(Cow::Borrowed(batch));
         };
+        // The common case: no stream of this partition waits behind a parked event.
+        if !batch.iter().any(|e| blocked.contains_key(&e.stream)) {
+            return Ok(Cow::Borrowed(batch));
+        }
         let name = self.projection.name();
         let mut apply = Vec::with_capacity(batch.len());
         for event in batch {
@@ -441,7 +446,7 @@ impl ProjectionRunner {
                 }
             }
         }
-        Ok(apply)
+        Ok(Cow::Owned(apply))
     }
 
     /// Parks an event that failed `attempts` times and moves the checkpoint past it.
