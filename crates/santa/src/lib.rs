@@ -4,6 +4,7 @@
 
 mod app;
 mod backends;
+pub mod bench;
 mod settings;
 pub mod telemetry;
 

@@ -51,11 +51,34 @@ enum Command {
     },
     /// Load the demo catalogue and letters into a running workshop (POST /admin/seed).
     Seed(RemoteArgs),
+    /// Load a running workshop with letters at a fixed arrival rate and report latency,
+    /// throughput and projection lag.
+    Bench(BenchArgs),
     /// Events the projections set aside: list them, or re-drive them once the cause is fixed.
     DeadLetters {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Letters per second offered (the base rate of a spike).
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// How long to offer them, e.g. `30s`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, value_enum, default_value = "steady")]
+    scenario: santa::bench::Scenario,
+    /// Measure the projection lag of every n-th acknowledged letter (0: never).
+    #[arg(long, default_value_t = 20)]
+    lag_every: u32,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 4096)]
+    max_in_flight: usize,
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
         } => backends.into_settings(Role::Projector { projection }, None)?,
         Command::Seed(remote) => return seed(remote).await,
         Command::DeadLetters { action } => return dead_letters(action).await,
+        Command::Bench(args) => return bench(args).await,
     };
     let app = Application::build(settings).await?;
     app.run_until_stopped(shutdown_signal()).await
@@ -174,6 +198,22 @@ async fn seed(remote: RemoteArgs) -> anyhow::Result<()> {
         .await
         .context("seeding failed")?;
     println!("{}", serde_json::to_string_pretty(&seeded)?);
+    Ok(())
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let config = santa::bench::BenchConfig {
+        url: args.remote.url,
+        token: args.remote.token,
+        rate: args.rate,
+        duration: args.duration,
+        scenario: args.scenario,
+        lag_every: args.lag_every,
+        max_in_flight: args.max_in_flight,
+        progress: true,
+    };
+    let report = santa::bench::run(config).await?;
+    println!("{report}");
     Ok(())
 }
 

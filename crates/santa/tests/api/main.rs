@@ -3,6 +3,7 @@
 
 mod auth;
 mod backpressure;
+mod bench;
 mod commands;
 mod concurrency;
 mod dead_letters;
