@@ -74,6 +74,18 @@ async fn start() -> Option<Cluster> {
 #[derive(Default)]
 struct Sent {
     letters: HashMap<String, Vec<(&'static str, i64)>>,
+    /// Letters cancelled right after their submission, through the other API.
+    cancelled: std::collections::HashSet<String>,
+}
+
+impl Sent {
+    /// The lines of letters that still count.
+    fn counting(&self) -> impl Iterator<Item = &Vec<(&'static str, i64)>> {
+        self.letters
+            .iter()
+            .filter(|(id, _)| !self.cancelled.contains(*id))
+            .map(|(_, lines)| lines)
+    }
 }
 
 impl Cluster {
@@ -109,7 +121,15 @@ impl Cluster {
                     let api = &apis[i % apis.len()];
                     let response = http.post(format!("{api}/letters")).json(&body).send().await.unwrap();
                     assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap());
-                    sent.push((id, lines));
+                    // Every tenth letter is cancelled at once, through the other API: the
+                    // cancellation must never overtake the submission in any read store.
+                    let cancel = i % 10 == 0;
+                    if cancel {
+                        let other = &apis[(i + 1) % apis.len()];
+                        let response = http.delete(format!("{other}/letters/{id}")).send().await.unwrap();
+                        assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap());
+                    }
+                    sent.push((id, lines, cancel));
                     on_progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
                 }
                 sent
@@ -117,7 +137,12 @@ impl Cluster {
         }
         let mut all = Sent::default();
         while let Some(batch) = tasks.join_next().await {
-            all.letters.extend(batch.unwrap());
+            for (id, lines, cancelled) in batch.unwrap() {
+                if cancelled {
+                    all.cancelled.insert(id.clone());
+                }
+                all.letters.insert(id, lines);
+            }
         }
         all
     }
@@ -143,6 +168,12 @@ impl Cluster {
             };
             let total: i64 = lines.iter().map(|(t, q)| prices[t] * q).sum();
             assert_eq!(letter["total_cents"], total);
+            let status = if sent.cancelled.contains(id) {
+                "cancelled"
+            } else {
+                "submitted"
+            };
+            assert_eq!(letter["status"], status, "{id}");
         }
         assert_eq!(
             letters.len(),
@@ -152,15 +183,13 @@ impl Cluster {
         let report = self.get(0, "/analytics/toys").await;
         for (toy, _) in TOYS {
             let quantity: i64 = sent
-                .letters
-                .values()
+                .counting()
                 .flatten()
                 .filter(|(t, _)| *t == toy)
                 .map(|(_, q)| q)
                 .sum();
             let letters = sent
-                .letters
-                .values()
+                .counting()
                 .filter(|lines| lines.iter().any(|(t, _)| *t == toy))
                 .count();
             let view = self.get(1, &format!("/toys/{toy}")).await;
@@ -240,6 +269,7 @@ async fn two_apis_and_two_projectors_share_the_work_and_survive_a_killed_project
     };
     let (second, ()) = tokio::join!(second, killer);
     sent.letters.extend(second.letters);
+    sent.cancelled.extend(second.cancelled);
     cluster.caught_up(Duration::from_secs(120)).await;
     cluster.check(&sent).await;
 
