@@ -63,6 +63,8 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// How long a query with `?after=` waits for its projection.
     pub consistency_timeout: Duration,
+    /// Serve `POST /bench/ceiling`, the benchmark baseline (off by default).
+    pub bench_endpoints: bool,
 }
 
 impl Default for HttpSettings {
@@ -71,6 +73,7 @@ impl Default for HttpSettings {
             tokens: Tokens::default(),
             max_body_bytes: 64 * 1024,
             consistency_timeout: Duration::from_secs(2),
+            bench_endpoints: false,
         }
     }
 }

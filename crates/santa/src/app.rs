@@ -90,6 +90,7 @@ impl Application {
                 tokens: settings.tokens.clone(),
                 max_body_bytes: settings.max_body_bytes,
                 consistency_timeout: settings.consistency_timeout,
+                bench_endpoints: settings.bench_endpoints,
             },
         };
         let listener = TcpListener::bind(settings.addr)

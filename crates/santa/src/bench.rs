@@ -40,6 +40,8 @@ pub struct BenchConfig {
     pub lag_every: u32,
     /// Requests in flight at most; beyond it, due letters are counted as not sent.
     pub max_in_flight: usize,
+    /// Where letters are posted: `/letters`, or the baseline `/bench/ceiling` (no lag then).
+    pub path: String,
     /// Show a live progress line.
     pub progress: bool,
 }
@@ -131,7 +133,7 @@ impl Shared {
             "toys": [{"toy_id": "bench-kite", "quantity": 2}, {"toy_id": "bench-drum", "quantity": 1}],
         });
         let outcome = self
-            .request(reqwest::Method::POST, "/letters")
+            .request(reqwest::Method::POST, &self.config.path)
             .json(&body)
             .send()
             .await;
@@ -251,7 +253,9 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
                 let shared = shared.clone();
                 let (id, measure_lag) = (
                     format!("bench-{run_id}-{offered}"),
-                    config.lag_every > 0 && offered.is_multiple_of(u64::from(config.lag_every)),
+                    config.lag_every > 0
+                        && config.path == "/letters"
+                        && offered.is_multiple_of(u64::from(config.lag_every)),
                 );
                 tasks.spawn(async move {
                     let acknowledged = shared.send(id, due).await;

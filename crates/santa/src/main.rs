@@ -77,6 +77,10 @@ struct BenchArgs {
     /// Requests in flight at most.
     #[arg(long, default_value_t = 4096)]
     max_in_flight: usize,
+    /// Where to send the letters: `/letters`, or `/bench/ceiling` for the no-storage
+    /// baseline (served with `santa serve --bench-endpoints`).
+    #[arg(long, default_value = "/letters")]
+    path: String,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -119,6 +123,9 @@ struct HttpArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SANTA_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     max_body_bytes: usize,
+    /// Serve `POST /bench/ceiling`, the no-storage baseline `santa bench --path` compares with.
+    #[arg(long, env = "SANTA_BENCH_ENDPOINTS")]
+    bench_endpoints: bool,
     /// How long answers to commands sent with an `Idempotency-Key` are kept (e.g. `24h`).
     #[arg(long, env = "SANTA_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
     idempotency_window: Duration,
@@ -169,6 +176,7 @@ impl BackendArgs {
             settings.consistency_timeout = Duration::from_millis(http.consistency_timeout_ms);
             settings.max_body_bytes = http.max_body_bytes;
             settings.idempotency_window = http.idempotency_window;
+            settings.bench_endpoints = http.bench_endpoints;
         }
         Ok(settings)
     }
@@ -210,6 +218,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         scenario: args.scenario,
         lag_every: args.lag_every,
         max_in_flight: args.max_in_flight,
+        path: args.path,
         progress: true,
     };
     let report = santa::bench::run(config).await?;

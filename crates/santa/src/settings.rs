@@ -48,6 +48,8 @@ pub struct Settings {
     pub idempotency_window: Duration,
     /// Attempts at an event that fails to apply before it is set aside as a dead letter.
     pub max_attempts: u32,
+    /// Serve the benchmark baseline `POST /bench/ceiling`.
+    pub bench_endpoints: bool,
 }
 
 /// The backend URL that means "embedded SQLite under the data directory".
@@ -71,6 +73,7 @@ impl Settings {
             append_queue: 4096,
             idempotency_window: santa_workshop::idempotency::DEFAULT_WINDOW,
             max_attempts: 5,
+            bench_endpoints: false,
         }
     }
 

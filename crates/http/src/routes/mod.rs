@@ -1,5 +1,6 @@
 //! Route assembly: each group behind the scope it needs.
 
+pub(crate) mod bench;
 pub(crate) mod commands;
 pub(crate) mod dead_letters;
 pub(crate) mod ops;
@@ -30,6 +31,16 @@ pub(crate) fn router(state: AppState) -> Router {
             axum::routing::delete(commands::cancel_letter),
         )
         .route_layer(from_fn_with_state(guard(Scope::Write), require));
+    // The benchmark baseline: not part of the API, served only when asked for.
+    let write = if state.settings.bench_endpoints {
+        write.merge(
+            Router::new()
+                .route("/bench/ceiling", post(bench::ceiling))
+                .route_layer(from_fn_with_state(guard(Scope::Write), require)),
+        )
+    } else {
+        write
+    };
     let read = Router::new()
         .route("/toys", get(queries::list_toys))
         .route("/toys/{id}", get(queries::get_toy))
