@@ -76,24 +76,14 @@ pub trait EventLog: Send + Sync + Debug + 'static {
     /// Every event of one stream, in version order.
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, LogError>;
 
-    /// Several streams at once, in the order asked; one round trip where the log allows.
-    async fn read_streams(&self, streams: &[String]) -> Result<Vec<Vec<RecordedEvent>>, LogError> {
-        let mut all = Vec::with_capacity(streams.len());
-        for stream in streams {
-            all.push(self.read_stream(stream).await?);
-        }
-        Ok(all)
-    }
-
     /// The newest event of each stream (`None` for an empty one), in the order asked: for
     /// aggregates whose every event is a full snapshot (a toy), that is the whole state.
     async fn read_lasts(&self, streams: &[String]) -> Result<Vec<Option<RecordedEvent>>, LogError> {
-        Ok(self
-            .read_streams(streams)
-            .await?
-            .into_iter()
-            .map(|mut events| events.pop())
-            .collect())
+        let mut lasts = Vec::with_capacity(streams.len());
+        for stream in streams {
+            lasts.push(self.read_stream(stream).await?.pop());
+        }
+        Ok(lasts)
     }
 
     /// Up to `limit` events after `after`, in position order.
@@ -193,10 +183,6 @@ impl Subscription {
             head,
             poll: Duration::from_millis(250),
         }
-    }
-
-    pub fn position(&self) -> Position {
-        self.after
     }
 }
 

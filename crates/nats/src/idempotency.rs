@@ -151,8 +151,4 @@ impl IdempotencyStore for NatsIdempotencyStore {
             Err(e) => Err(unavailable(e)),
         }
     }
-
-    fn window(&self) -> Duration {
-        self.window
-    }
 }

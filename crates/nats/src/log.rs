@@ -376,10 +376,6 @@ impl EventLog for NatsEventLog {
         }
     }
 
-    async fn read_streams(&self, streams: &[String]) -> Result<Vec<Vec<RecordedEvent>>, LogError> {
-        futures_util::future::try_join_all(streams.iter().map(|s| self.read_stream(s))).await
-    }
-
     async fn read_lasts(&self, streams: &[String]) -> Result<Vec<Option<RecordedEvent>>, LogError> {
         self.connected()?;
         let lasts = streams.iter().map(|stream| async move {

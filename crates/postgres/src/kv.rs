@@ -153,22 +153,6 @@ impl KvStore for PgKvStore {
             .map(row_to_item))
     }
 
-    async fn query(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {
-        let client = self.pg.client().await?;
-        let upper = format!("{sk_prefix}\u{10FFFF}");
-        let stmt = client
-            .prepare_cached(&format!(
-                "{ITEM} WHERE pk = $1 AND sk >= $2 AND sk < $3 ORDER BY sk"
-            ))
-            .await
-            .map_err(store_error)?;
-        let rows = client
-            .query(&stmt, &[&pk, &sk_prefix, &upper])
-            .await
-            .map_err(store_error)?;
-        Ok(rows.iter().map(row_to_item).collect())
-    }
-
     async fn query_index(
         &self,
         gsi1pk: &str,

@@ -103,8 +103,4 @@ impl IdempotencyStore for SqliteIdempotencyStore {
             })
             .await
     }
-
-    fn window(&self) -> Duration {
-        self.window
-    }
 }

@@ -241,21 +241,6 @@ impl KvStore for SqliteKvStore {
         self.db.read(move |conn| get(conn, &pk, &sk)).await
     }
 
-    async fn query(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {
-        let (pk, prefix) = (pk.to_owned(), sk_prefix.to_owned());
-        self.db
-            .read(move |conn| {
-                // `sk >= prefix AND sk < prefix || U+10FFFF` keeps the primary-key range scan.
-                let upper = format!("{prefix}\u{10FFFF}");
-                let mut stmt = conn.prepare_cached(&format!(
-                    "{ITEM} WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 ORDER BY sk"
-                ))?;
-                stmt.query_map(params![pk, prefix, upper], row_to_item)?
-                    .collect()
-            })
-            .await
-    }
-
     async fn query_index(
         &self,
         gsi1pk: &str,

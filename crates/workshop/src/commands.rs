@@ -15,8 +15,6 @@ use crate::codec::{self, DecodeError};
 pub struct Accepted {
     pub id: String,
     pub position: Position,
-    /// `false` when the command repeated one already recorded and nothing was appended.
-    pub created: bool,
 }
 
 /// Why a command was not acknowledged.
@@ -138,11 +136,7 @@ impl CommandService {
                     let position = repeat
                         .or(recorded.last().map(|e| e.position))
                         .unwrap_or(Position::ZERO);
-                    return Ok(Accepted {
-                        id,
-                        position,
-                        created: false,
-                    });
+                    return Ok(Accepted { id, position });
                 }
                 (Decision::Append(event), _) => {
                     let appended = self
@@ -155,11 +149,7 @@ impl CommandService {
                         .await;
                     match appended {
                         Ok(position) => {
-                            return Ok(Accepted {
-                                id,
-                                position,
-                                created: true,
-                            });
+                            return Ok(Accepted { id, position });
                         }
                         Err(LogError::Conflict { .. }) if attempt < MAX_ATTEMPTS => continue,
                         Err(error) => return Err(error.into()),

@@ -32,9 +32,6 @@ pub trait IdempotencyStore: Send + Sync + Debug + 'static {
         key: &str,
         answer: IdempotentAnswer,
     ) -> Result<IdempotentAnswer, StoreError>;
-
-    /// How long answers are kept.
-    fn window(&self) -> Duration;
 }
 
 /// The default window.

@@ -65,9 +65,6 @@ pub trait KvStore: Send + Sync + Debug + 'static {
 
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError>;
 
-    /// Every item of a partition whose sort key starts with `sk_prefix`, by sort key.
-    async fn query(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError>;
-
     /// Up to `limit` items of an index partition with index sort key above `after`, in
     /// index sort-key order.
     async fn query_index(
@@ -166,16 +163,6 @@ impl KvStore for MemoryKvStore {
 
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
         self.table().get(pk, sk)
-    }
-
-    async fn query(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {
-        Ok(self
-            .table()
-            .items
-            .values()
-            .filter(|i| i.pk == pk && i.sk.starts_with(sk_prefix))
-            .cloned()
-            .collect())
     }
 
     async fn query_index(
