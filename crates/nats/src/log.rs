@@ -31,10 +31,17 @@ pub struct NatsOptions {
 
 impl Default for NatsOptions {
     fn default() -> Self {
+        Self::named("SANTA_EVENTS", 8)
+    }
+}
+
+impl NatsOptions {
+    /// The stream `stream`, its subjects named after it: `SANTA_EVENTS` → `santa.events.>`.
+    pub fn named(stream: &str, partitions: u32) -> Self {
         Self {
-            stream: "SANTA_EVENTS".into(),
-            prefix: "santa.events".into(),
-            partitions: 8,
+            stream: stream.to_owned(),
+            prefix: stream.to_ascii_lowercase().replace('_', "."),
+            partitions,
         }
     }
 }

@@ -64,11 +64,7 @@ impl Backends {
                     )
                 }
                 Scheme::Nats => {
-                    let options = NatsOptions {
-                        stream: settings.nats_stream.clone(),
-                        prefix: settings.nats_stream.to_ascii_lowercase().replace('_', "."),
-                        partitions: settings.partitions,
-                    };
+                    let options = NatsOptions::named(&settings.nats_stream, settings.partitions);
                     let log = NatsEventLog::connect(&settings.event_log, options)
                         .await
                         .context("--event-log")?;

@@ -184,7 +184,7 @@ mod outages {
     use serde_json::json;
     use tokio::time::Instant;
 
-    use super::support::{Processes, all_letters, caught_up, free_port, get, ready, santa};
+    use super::support::{Processes, caught_up, free_port, get, letter_totals, ready, santa};
 
     /// A NATS server of the test's own, so stopping it disturbs no other test.
     fn nats_server(port: u16, dir: &std::path::Path) -> Child {
@@ -361,16 +361,7 @@ mod outages {
             .collect();
 
         caught_up(&http, &base, Duration::from_secs(60)).await;
-        let letters = all_letters(&http, &base).await;
-        let present: HashMap<String, i64> = letters
-            .iter()
-            .map(|l| {
-                (
-                    l["id"].as_str().unwrap().to_owned(),
-                    l["total_cents"].as_i64().unwrap(),
-                )
-            })
-            .collect();
+        let present = letter_totals(&http, &base).await;
         let lost: Vec<_> = acknowledged
             .keys()
             .filter(|id| !present.contains_key(*id))
@@ -449,16 +440,7 @@ mod outages {
             answers.iter().all(|(_, _, s)| *s == StatusCode::ACCEPTED),
             "commands kept being accepted"
         );
-        let present: HashMap<String, i64> = all_letters(&http, &base)
-            .await
-            .iter()
-            .map(|l| {
-                (
-                    l["id"].as_str().unwrap().to_owned(),
-                    l["total_cents"].as_i64().unwrap(),
-                )
-            })
-            .collect();
+        let present = letter_totals(&http, &base).await;
         let lost: Vec<_> = answers
             .iter()
             .filter(|(_, id, _)| !present.contains_key(id))

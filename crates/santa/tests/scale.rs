@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::{Client, StatusCode};
 use santa_cqrs::contract::service_url;
 use serde_json::{Value, json};
-use support::{Processes, all_letters, free_port, ready, santa};
+use support::{Processes, all_letters, delete_stream, free_port, ready, santa, unique_stream};
 use tokio::time::Instant;
 
 const TOYS: [(&str, i64); 4] = [("kite", 125), ("drum", 990), ("yo-yo", 300), ("top", 45)];
@@ -29,11 +29,7 @@ async fn start() -> Option<Cluster> {
     let db = santa_postgres::fresh_database(&admin, "santa_test")
         .await
         .unwrap();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let stream = format!("SCALE_{}_{nanos}", std::process::id());
+    let stream = unique_stream("SCALE");
     let backends = [
         format!("--event-log={nats}"),
         format!("--read-store={db}"),
@@ -274,17 +270,7 @@ async fn two_apis_and_two_projectors_share_the_work_and_survive_a_killed_project
     cluster.check(&sent).await;
 
     drop(cluster.processes);
-    let options = santa_nats::NatsOptions {
-        prefix: cluster.stream.to_ascii_lowercase().replace('_', "."),
-        stream: cluster.stream,
-        partitions: 8,
-    };
-    santa_nats::NatsEventLog::connect(&cluster.nats, options)
-        .await
-        .unwrap()
-        .delete()
-        .await
-        .unwrap();
+    delete_stream(&cluster.nats, &cluster.stream).await;
 }
 
 #[tokio::test]
@@ -298,11 +284,7 @@ async fn a_query_after_a_position_no_projector_has_reached_says_so() {
     let db = santa_postgres::fresh_database(&admin, "santa_test")
         .await
         .unwrap();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let stream = format!("BEHIND_{}_{nanos}", std::process::id());
+    let stream = unique_stream("BEHIND");
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
     // An API and no projector: nothing will ever apply what it accepts.
@@ -348,15 +330,5 @@ async fn a_query_after_a_position_no_projector_has_reached_says_so() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 
     drop(processes);
-    let options = santa_nats::NatsOptions {
-        prefix: stream.to_ascii_lowercase().replace('_', "."),
-        stream,
-        partitions: 8,
-    };
-    santa_nats::NatsEventLog::connect(&nats, options)
-        .await
-        .unwrap()
-        .delete()
-        .await
-        .unwrap();
+    delete_stream(&nats, &stream).await;
 }

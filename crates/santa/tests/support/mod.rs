@@ -104,3 +104,37 @@ pub async fn all_letters(http: &Client, base: &str) -> Vec<Value> {
         }
     }
 }
+
+/// A stream name no other run uses, e.g. `SCALE_4242_1700000000000000000`.
+pub fn unique_stream(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{tag}_{}_{nanos}", std::process::id())
+}
+
+/// Deletes a test's JetStream stream (and its idempotency keys).
+pub async fn delete_stream(nats: &str, stream: &str) {
+    let options = santa_nats::NatsOptions::named(stream, 8);
+    santa_nats::NatsEventLog::connect(nats, options)
+        .await
+        .unwrap()
+        .delete()
+        .await
+        .unwrap();
+}
+
+/// Every letter the key-value store holds, by id, with its total.
+pub async fn letter_totals(http: &Client, base: &str) -> std::collections::HashMap<String, i64> {
+    all_letters(http, base)
+        .await
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap().to_owned(),
+                l["total_cents"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
