@@ -184,7 +184,9 @@ mod outages {
     use serde_json::json;
     use tokio::time::Instant;
 
-    use super::support::{Processes, caught_up, free_port, get, letter_totals, ready, santa};
+    use super::support::{
+        Processes, caught_up, free_port, fresh_db, get, letter_totals, ready, santa,
+    };
 
     /// A NATS server of the test's own, so stopping it disturbs no other test.
     fn nats_server(port: u16, dir: &std::path::Path) -> Child {
@@ -278,12 +280,9 @@ mod outages {
         let Some(_) = service_url("SANTA_TEST_NATS") else {
             return;
         };
-        let Some(admin) = service_url("SANTA_TEST_POSTGRES") else {
+        let Some(db) = fresh_db().await else {
             return;
         };
-        let db = santa_postgres::fresh_database(&admin, "santa_test")
-            .await
-            .unwrap();
         let nats_dir = tempfile::tempdir().unwrap();
         let nats_port = free_port();
         let mut nats = Processes(vec![nats_server(nats_port, nats_dir.path())]);
@@ -384,12 +383,9 @@ mod outages {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_database_outage_is_retried_reported_and_caught_up() {
-        let Some(admin) = service_url("SANTA_TEST_POSTGRES") else {
+        let Some(db) = fresh_db().await else {
             return;
         };
-        let db = santa_postgres::fresh_database(&admin, "santa_test")
-            .await
-            .unwrap();
         let name = db.rsplit('/').next().unwrap().to_owned();
         let dir = tempfile::tempdir().unwrap();
         let (_server, base, http) = serve_with_kite(vec![
@@ -403,6 +399,7 @@ mod outages {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut clients = load(&http, &base, &answers, &stopped);
         // Cut every session of the read stores' database, five times during the load.
+        let admin = service_url("SANTA_TEST_POSTGRES").unwrap();
         let config: tokio_postgres::Config = admin.parse().unwrap();
         let (killer, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);

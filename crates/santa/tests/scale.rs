@@ -10,7 +10,9 @@ use std::time::Duration;
 use reqwest::{Client, StatusCode};
 use santa_cqrs::contract::service_url;
 use serde_json::{Value, json};
-use support::{Processes, all_letters, delete_stream, free_port, ready, santa, unique_stream};
+use support::{
+    Processes, all_letters, delete_stream, free_port, fresh_db, ready, santa, unique_stream,
+};
 use tokio::time::Instant;
 
 const TOYS: [(&str, i64); 4] = [("kite", 125), ("drum", 990), ("yo-yo", 300), ("top", 45)];
@@ -25,10 +27,7 @@ struct Cluster {
 
 async fn start() -> Option<Cluster> {
     let nats = service_url("SANTA_TEST_NATS")?;
-    let admin = service_url("SANTA_TEST_POSTGRES")?;
-    let db = santa_postgres::fresh_database(&admin, "santa_test")
-        .await
-        .unwrap();
+    let db = fresh_db().await?;
     let stream = unique_stream("SCALE");
     let backends = [
         format!("--event-log={nats}"),
@@ -278,12 +277,9 @@ async fn a_query_after_a_position_no_projector_has_reached_says_so() {
     let Some(nats) = service_url("SANTA_TEST_NATS") else {
         return;
     };
-    let Some(admin) = service_url("SANTA_TEST_POSTGRES") else {
+    let Some(db) = fresh_db().await else {
         return;
     };
-    let db = santa_postgres::fresh_database(&admin, "santa_test")
-        .await
-        .unwrap();
     let stream = unique_stream("BEHIND");
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");

@@ -138,3 +138,14 @@ pub async fn letter_totals(http: &Client, base: &str) -> std::collections::HashM
         })
         .collect()
 }
+
+/// A fresh database on the test PostgreSQL (`SANTA_TEST_POSTGRES`), or `None` when the
+/// variable is not set (the test is then skipped, loudly; under `CI=true` it fails).
+pub async fn fresh_db() -> Option<String> {
+    let admin = santa_cqrs::contract::service_url("SANTA_TEST_POSTGRES")?;
+    Some(
+        santa_postgres::fresh_database(&admin, "santa_test")
+            .await
+            .unwrap(),
+    )
+}
