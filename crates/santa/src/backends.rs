@@ -1,6 +1,7 @@
 //! Opens the backends named by the settings' URLs. This is the only place that knows which
 //! engines exist; everything else sees the kernel's and the workshop's traits.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -57,10 +58,14 @@ impl Backends {
                         queue: settings.append_queue,
                         ..SqliteLogOptions::default()
                     };
-                    let log = SqliteEventLog::open(dir, options)?;
+                    let log =
+                        off_runtime(dir, move |dir| SqliteEventLog::open(dir, options)).await?;
                     (
                         Arc::new(log),
-                        Arc::new(SqliteIdempotencyStore::open(dir, window)?),
+                        Arc::new(
+                            off_runtime(dir, move |dir| SqliteIdempotencyStore::open(dir, window))
+                                .await?,
+                        ),
                     )
                 }
                 Scheme::Nats => {
@@ -81,8 +86,8 @@ impl Backends {
         let dead_letters: Arc<dyn DeadLetters>;
         let kv: Arc<dyn KvStore> = match scheme(&settings.read_store)? {
             Scheme::Embedded => {
-                dead_letters = Arc::new(SqliteDeadLetters::open(dir)?);
-                Arc::new(SqliteKvStore::open(dir)?)
+                dead_letters = Arc::new(off_runtime(dir, SqliteDeadLetters::open).await?);
+                Arc::new(off_runtime(dir, SqliteKvStore::open).await?)
             }
             Scheme::Postgres => {
                 let pg = Pg::connect(&settings.read_store, POOL)
@@ -106,7 +111,7 @@ impl Backends {
             }
         };
         let analytics: Arc<dyn AnalyticsStore> = match scheme(&settings.analytics)? {
-            Scheme::Embedded => Arc::new(SqliteAnalyticsStore::open(dir)?),
+            Scheme::Embedded => Arc::new(off_runtime(dir, SqliteAnalyticsStore::open).await?),
             Scheme::Postgres => {
                 let pg = Pg::connect(&settings.analytics, POOL)
                     .await
@@ -126,6 +131,18 @@ impl Backends {
             leases,
         })
     }
+}
+
+/// Opens an embedded database (files, pragmas, migrations) on the blocking pool, not on
+/// the async runtime.
+async fn off_runtime<T, E, F>(dir: &Path, open: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+    F: FnOnce(&Path) -> Result<T, E> + Send + 'static,
+{
+    let dir = dir.to_path_buf();
+    Ok(tokio::task::spawn_blocking(move || open(&dir)).await??)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
