@@ -13,6 +13,7 @@ mod log;
 pub mod memory;
 mod position;
 mod projection;
+mod rebuild;
 mod runner;
 
 pub use dead_letters::{DeadLetter, DeadLetters, MemoryDeadLetters, Redriven, redrive};
@@ -26,4 +27,5 @@ pub use projection::{
     Progress, Projection, ProjectionError, ProjectionHandle, ProjectionState, ProjectionStatus,
     RetryPolicy,
 };
+pub use rebuild::{Rebuild, RebuildState, RebuildStatus, Rebuilder};
 pub use runner::ProjectionRunner;

@@ -50,6 +50,16 @@ pub trait Projection: Send + Sync + std::fmt::Debug + 'static {
         )
         .await
     }
+
+    /// Starts a rebuild: fresh, empty tables beside the live ones (see
+    /// [`crate::Rebuilder`]). Fails with [`ProjectionError::Busy`] while another rebuild of
+    /// this projection is under way.
+    async fn rebuild(&self) -> Result<Box<dyn crate::Rebuild>, ProjectionError> {
+        Err(ProjectionError::Store(format!(
+            "the {} projection's store cannot be rebuilt",
+            self.name()
+        )))
+    }
 }
 
 /// How a batch moves a projection's checkpoint.
@@ -82,6 +92,9 @@ pub enum ProjectionError {
         expected: Position,
         actual: Position,
     },
+    /// The read model is being rebuilt already (in this process or another).
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Log(#[from] LogError),
 }

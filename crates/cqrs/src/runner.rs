@@ -19,6 +19,8 @@ use crate::{
 pub struct ProjectionRunner {
     log: Arc<dyn EventLog>,
     projection: Arc<dyn Projection>,
+    /// The name the runner reads the log under (the projection's, unless told otherwise).
+    reader: String,
     leases: Arc<dyn Leases>,
     status: watch::Sender<ProjectionStatus>,
     batch_size: usize,
@@ -36,7 +38,7 @@ impl std::fmt::Debug for ProjectionRunner {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -60,6 +62,7 @@ impl ProjectionRunner {
         });
         Self {
             log,
+            reader: projection.name().to_owned(),
             projection,
             leases: Arc::new(LocalLeases),
             status,
@@ -82,6 +85,13 @@ impl ProjectionRunner {
         max_attempts: u32,
     ) -> Self {
         self.dead_letters = Some((dead_letters, max_attempts.max(1)));
+        self
+    }
+
+    /// Reads the log as `reader` (a broker keeps one cursor per reader and partition), so
+    /// that a rebuild does not take the live projection's cursor.
+    pub fn with_reader(mut self, reader: String) -> Self {
+        self.reader = reader;
         self
     }
 
@@ -205,7 +215,7 @@ impl ProjectionRunner {
                 s.state = ProjectionState::Running;
             });
             tracing::info!(partition, position = %checkpoint, "projection following the log");
-            let mut source = match subscribe(&self.log, name, partition, checkpoint).await {
+            let mut source = match subscribe(&self.log, &self.reader, partition, checkpoint).await {
                 Ok(source) => source,
                 Err(error) => {
                     self.report_failure(&error.into());

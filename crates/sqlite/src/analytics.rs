@@ -1,6 +1,7 @@
 //! The analytics store on SQLite (`analytics.db`): relational tables and report queries.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, params};
@@ -9,9 +10,10 @@ use santa_workshop::analytics::{
     AnalyticsChange, AnalyticsStore, LetterRow, NAME, Totals, ToyDemand,
 };
 use santa_workshop::kv::StoreError;
+use santa_workshop::rebuild::StoreRebuild;
 
 use crate::OpenError;
-use crate::db::{Db, Durability};
+use crate::generations::Generations;
 use crate::kv::{CHECKPOINTS_BY_PARTITION, begin_batch, end_batch, read_checkpoint};
 
 const MIGRATIONS: &[&str] = &[
@@ -45,13 +47,13 @@ const MIGRATIONS: &[&str] = &[
 /// The embedded analytics store.
 #[derive(Debug, Clone)]
 pub struct SqliteAnalyticsStore {
-    db: Db,
+    db: Generations,
 }
 
 impl SqliteAnalyticsStore {
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
         Ok(Self {
-            db: Db::open(&dir.join("analytics.db"), Durability::Normal, MIGRATIONS)?,
+            db: Generations::open(dir, "analytics", MIGRATIONS)?,
         })
     }
 }
@@ -117,6 +119,7 @@ fn totals(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<Totals>> {
 impl AnalyticsStore for SqliteAnalyticsStore {
     async fn checkpoint(&self, partition: u32) -> Result<Position, StoreError> {
         self.db
+            .db()
             .read(move |conn| read_checkpoint(conn, NAME, partition))
             .await
     }
@@ -143,6 +146,7 @@ impl AnalyticsStore for SqliteAnalyticsStore {
     async fn toy_demand(&self, limit: usize) -> Result<Vec<ToyDemand>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db
+            .db()
             .read(move |conn| {
                 conn.prepare_cached(
                     "SELECT ll.toy_id, COALESCE(t.name, ll.toy_id), SUM(ll.quantity), COUNT(*),
@@ -167,7 +171,7 @@ impl AnalyticsStore for SqliteAnalyticsStore {
     }
 
     async fn totals_by_country(&self) -> Result<Vec<Totals>, StoreError> {
-        self.db
+        self.db.db()
             .read(|conn| {
                 totals(
                     conn,
@@ -182,6 +186,7 @@ impl AnalyticsStore for SqliteAnalyticsStore {
 
     async fn totals_by_day(&self) -> Result<Vec<Totals>, StoreError> {
         self.db
+            .db()
             .read(|conn| {
                 totals(
                     conn,
@@ -191,6 +196,12 @@ impl AnalyticsStore for SqliteAnalyticsStore {
                      WHERE l.status = 'submitted' GROUP BY l.submitted_day ORDER BY 1",
                 )
             })
+            .await
+    }
+
+    async fn rebuild(&self) -> Result<Box<dyn StoreRebuild<dyn AnalyticsStore>>, ProjectionError> {
+        self.db
+            .rebuild(|db| Arc::new(SqliteAnalyticsStore { db }) as Arc<dyn AnalyticsStore>)
             .await
     }
 }

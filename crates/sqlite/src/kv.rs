@@ -3,15 +3,18 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use santa_cqrs::{Position, Progress, ProjectionError};
 use santa_workshop::Envelope;
 use santa_workshop::kv::{Item, KvApply, KvStore, KvWrite, StoreError};
+use santa_workshop::rebuild::StoreRebuild;
 
 use crate::OpenError;
-use crate::db::{Db, Durability, store_error};
+use crate::db::store_error;
+use crate::generations::Generations;
 
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE items (
@@ -41,13 +44,13 @@ pub(crate) const CHECKPOINTS_BY_PARTITION: &str = "CREATE TABLE checkpoints_v2 (
 /// The embedded key-value store (`read.db`).
 #[derive(Debug, Clone)]
 pub struct SqliteKvStore {
-    db: Db,
+    db: Generations,
 }
 
 impl SqliteKvStore {
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
         Ok(Self {
-            db: Db::open(&dir.join("read.db"), Durability::Normal, MIGRATIONS)?,
+            db: Generations::open(dir, "read", MIGRATIONS)?,
         })
     }
 }
@@ -212,6 +215,7 @@ impl KvStore for SqliteKvStore {
     async fn checkpoint(&self, projection: &str, partition: u32) -> Result<Position, StoreError> {
         let projection = projection.to_owned();
         self.db
+            .db()
             .read(move |conn| read_checkpoint(conn, &projection, partition))
             .await
     }
@@ -238,7 +242,7 @@ impl KvStore for SqliteKvStore {
 
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
         let (pk, sk) = (pk.to_owned(), sk.to_owned());
-        self.db.read(move |conn| get(conn, &pk, &sk)).await
+        self.db.db().read(move |conn| get(conn, &pk, &sk)).await
     }
 
     async fn query_index(
@@ -250,6 +254,7 @@ impl KvStore for SqliteKvStore {
         let (gsi1pk, after) = (gsi1pk.to_owned(), after.unwrap_or("").to_owned());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db
+            .db()
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(&format!(
                     "{ITEM} WHERE gsi1pk = ?1 AND gsi1sk > ?2 ORDER BY gsi1sk LIMIT ?3"
@@ -257,6 +262,12 @@ impl KvStore for SqliteKvStore {
                 stmt.query_map(params![gsi1pk, after, limit], row_to_item)?
                     .collect()
             })
+            .await
+    }
+
+    async fn rebuild(&self) -> Result<Box<dyn StoreRebuild<dyn KvStore>>, ProjectionError> {
+        self.db
+            .rebuild(|db| Arc::new(SqliteKvStore { db }) as Arc<dyn KvStore>)
             .await
     }
 }

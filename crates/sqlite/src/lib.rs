@@ -9,6 +9,7 @@ mod analytics;
 mod db;
 mod dead_letters;
 mod event_log;
+mod generations;
 mod idempotency;
 mod kv;
 
@@ -26,6 +27,12 @@ pub enum OpenError {
         path: String,
         #[source]
         source: rusqlite::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot start the event log writer: {0}")]
     Thread(#[source] std::io::Error),

@@ -75,6 +75,7 @@ mod projections {
     use santa_domain::{CancelLetter, LetterId};
     use santa_workshop::CommandService;
     use santa_workshop::analytics::{AnalyticsProjection, AnalyticsStore};
+    use santa_workshop::kv::KvStore;
     use santa_workshop::letters::{LettersProjection, LettersQueries};
 
     use super::*;
@@ -213,5 +214,37 @@ mod projections {
             AnalyticsProjection::new(analytics),
         ))
         .await;
+    }
+
+    #[tokio::test]
+    async fn the_sqlite_stores_are_rebuilt_into_new_files_and_switched() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(SqliteEventLog::open(dir.path(), SqliteLogOptions::default()).unwrap());
+        let kv = Arc::new(SqliteKvStore::open(dir.path()).unwrap());
+        let analytics = Arc::new(SqliteAnalyticsStore::open(dir.path()).unwrap());
+        santa_workshop::contract::rebuilds_replay_the_log_and_switch(log, kv.clone(), analytics)
+            .await;
+        drop(kv);
+        let mut files: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with("read.") || name.starts_with("analytics."))
+            .filter(|name| !name.ends_with("-wal") && !name.ends_with("-shm"))
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                "analytics.1.db",
+                "analytics.current",
+                "read.1.db",
+                "read.current"
+            ],
+            "the old generation is gone, the pointer names the new one"
+        );
+        // Opened again, the store is the rebuilt one.
+        let kv = SqliteKvStore::open(dir.path()).unwrap();
+        assert!(kv.get("LETTER#junk", "#META").await.unwrap().is_none());
+        assert!(kv.get("LETTER#during-3", "#META").await.unwrap().is_some());
     }
 }

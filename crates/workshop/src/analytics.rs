@@ -11,6 +11,7 @@ use santa_domain::Event;
 
 use crate::kv::StoreError;
 use crate::letters::decode_batch;
+use crate::rebuild::StoreRebuild;
 use crate::{Envelope, Millis};
 
 /// The projection's name, which keys its checkpoint.
@@ -88,6 +89,11 @@ pub trait AnalyticsStore: Send + Sync + Debug + 'static {
 
     /// Totals by UTC day of submission (`YYYY-MM-DD`), oldest first.
     async fn totals_by_day(&self) -> Result<Vec<Totals>, StoreError>;
+
+    /// Fresh, empty tables to rebuild into, switched to atomically when done.
+    async fn rebuild(&self) -> Result<Box<dyn StoreRebuild<dyn AnalyticsStore>>, ProjectionError> {
+        Err(crate::rebuild::unsupported("analytics store"))
+    }
 }
 
 /// The row change an event leads to.
@@ -153,5 +159,14 @@ impl Projection for AnalyticsProjection {
             .map(|e| (e.position, change_for(e)))
             .collect();
         self.store.apply(progress, changes).await
+    }
+
+    async fn rebuild(&self) -> Result<Box<dyn santa_cqrs::Rebuild>, ProjectionError> {
+        let store = self.store.rebuild().await?;
+        let projection = Arc::new(AnalyticsProjection::new(store.fresh()));
+        Ok(Box::new(crate::rebuild::ProjectionRebuild {
+            store,
+            projection,
+        }))
     }
 }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use santa_cqrs::{Position, Progress, ProjectionError};
 
 use crate::Envelope;
+use crate::rebuild::StoreRebuild;
 
 /// One item. `data` is the item's attributes, encoded by the projection that owns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +74,11 @@ pub trait KvStore: Send + Sync + Debug + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Item>, StoreError>;
+
+    /// Fresh, empty tables to rebuild into, switched to atomically when done.
+    async fn rebuild(&self) -> Result<Box<dyn StoreRebuild<dyn KvStore>>, ProjectionError> {
+        Err(crate::rebuild::unsupported("key-value store"))
+    }
 }
 
 /// An in-memory [`KvStore`]: the reference implementation, for tests.

@@ -112,6 +112,15 @@ impl Projection for LettersProjection {
             .apply(NAME, progress, decode_batch(events)?, apply_event)
             .await
     }
+
+    async fn rebuild(&self) -> Result<Box<dyn santa_cqrs::Rebuild>, ProjectionError> {
+        let store = self.store.rebuild().await?;
+        let projection = Arc::new(LettersProjection::new(store.fresh()));
+        Ok(Box::new(crate::rebuild::ProjectionRebuild {
+            store,
+            projection,
+        }))
+    }
 }
 
 /// Decodes a batch for a projection; an undecodable event stops the batch.

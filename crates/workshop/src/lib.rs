@@ -15,6 +15,7 @@ pub mod contract;
 pub mod idempotency;
 pub mod kv;
 pub mod letters;
+pub mod rebuild;
 pub mod seed;
 
 pub use codec::Envelope;

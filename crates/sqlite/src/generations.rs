@@ -1,0 +1,281 @@
+//! Read stores whose database file can be replaced by a rebuilt one.
+//!
+//! A store lives in `<stem>.db` (generation 0) or `<stem>.<n>.db`; the file `<stem>.current`
+//! names the generation in use. A rebuild fills the next generation's file beside the live
+//! one, then the switch replaces `<stem>.current` (write, fsync, rename: atomic on POSIX)
+//! and the in-memory connections in one step. A crash before the rename leaves the old
+//! generation in use and the half-built file is removed at the next start.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use async_trait::async_trait;
+use santa_cqrs::ProjectionError;
+use santa_workshop::kv::StoreError;
+use santa_workshop::rebuild::StoreRebuild;
+use tokio::sync::OwnedRwLockWriteGuard;
+
+use crate::OpenError;
+use crate::db::{Db, Durability};
+
+/// The database of one read store, generation after generation.
+#[derive(Debug, Clone)]
+pub(crate) struct Generations {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    stem: &'static str,
+    migrations: &'static [&'static str],
+    current: RwLock<(u64, Db)>,
+    /// Writes hold it shared; a switch holds it exclusively, so that no write of the live
+    /// projection lands between levelling the fresh file and switching to it.
+    gate: Arc<tokio::sync::RwLock<()>>,
+    rebuilding: AtomicBool,
+}
+
+impl Generations {
+    /// Opens the generation in use and removes files that no generation uses.
+    pub(crate) fn open(
+        dir: &Path,
+        stem: &'static str,
+        migrations: &'static [&'static str],
+    ) -> Result<Self, OpenError> {
+        let pointer = dir.join(format!("{stem}.current"));
+        let generation = match fs::read_to_string(&pointer) {
+            Ok(text) => text.trim().parse::<u64>().map_err(|e| OpenError::Io {
+                path: pointer.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(source) => {
+                return Err(OpenError::Io {
+                    path: pointer.display().to_string(),
+                    source,
+                });
+            }
+        };
+        remove_others(dir, stem, generation);
+        let db = Db::open(&file(dir, stem, generation), Durability::Normal, migrations)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                stem,
+                migrations,
+                current: RwLock::new((generation, db)),
+                gate: Arc::default(),
+                rebuilding: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The database in use.
+    pub(crate) fn db(&self) -> Db {
+        self.current().1
+    }
+
+    fn current(&self) -> (u64, Db) {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Runs `f` on the writer connection of the database in use, unless a switch is under
+    /// way (then after it, on the new database).
+    pub(crate) async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T, E> + Send + 'static,
+    {
+        let _shared = self.inner.gate.read().await;
+        self.db().write(f).await
+    }
+
+    /// Starts a rebuild: an empty database for the next generation, and the store kind
+    /// `make` builds over it.
+    pub(crate) async fn rebuild<S: ?Sized + Send + Sync + std::fmt::Debug + 'static>(
+        &self,
+        make: impl FnOnce(Generations) -> Arc<S>,
+    ) -> Result<Box<dyn StoreRebuild<S>>, ProjectionError> {
+        if self.inner.rebuilding.swap(true, Ordering::SeqCst) {
+            return Err(ProjectionError::Busy(format!(
+                "{}.db is being rebuilt already",
+                self.inner.stem
+            )));
+        }
+        // From here on, dropping the claim lets the next rebuild start.
+        let claim = Claim(self.clone());
+        let generation = self.current().0 + 1;
+        let (dir, stem, migrations) = (
+            self.inner.dir.clone(),
+            self.inner.stem,
+            self.inner.migrations,
+        );
+        let db = tokio::task::spawn_blocking(move || {
+            let path = file(&dir, stem, generation);
+            remove_database(&path);
+            Db::open(&path, Durability::Normal, migrations)
+        })
+        .await
+        .map_err(|e| ProjectionError::Store(format!("store task failed: {e}")))?
+        .map_err(|e| ProjectionError::Store(e.to_string()))?;
+        let fresh = make(Generations {
+            inner: Arc::new(Inner {
+                dir: self.inner.dir.clone(),
+                stem: self.inner.stem,
+                migrations: self.inner.migrations,
+                current: RwLock::new((generation, db.clone())),
+                gate: Arc::default(),
+                rebuilding: AtomicBool::new(true),
+            }),
+        });
+        Ok(Box::new(FileRebuild {
+            claim,
+            generation,
+            db,
+            fresh,
+            frozen: None,
+            switched: false,
+        }))
+    }
+
+    /// Makes `generation` (held by `db`) the one in use: the pointer file first, so that a
+    /// crash after it restarts on the new file, then the connections.
+    fn install(&self, generation: u64, db: Db) -> std::io::Result<()> {
+        let dir = &self.inner.dir;
+        let pointer = dir.join(format!("{}.current", self.inner.stem));
+        let staged = dir.join(format!("{}.current.new", self.inner.stem));
+        let mut out = fs::File::create(&staged)?;
+        writeln!(out, "{generation}")?;
+        out.sync_all()?;
+        fs::rename(&staged, &pointer)?;
+        fs::File::open(dir)?.sync_all()?;
+        let (old, _) = std::mem::replace(
+            &mut *self
+                .inner
+                .current
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
+            (generation, db),
+        );
+        // Connections still open on the old file finish on it; the file goes with them.
+        remove_database(&file(dir, self.inner.stem, old));
+        Ok(())
+    }
+}
+
+/// The database file of a generation.
+fn file(dir: &Path, stem: &str, generation: u64) -> PathBuf {
+    match generation {
+        0 => dir.join(format!("{stem}.db")),
+        n => dir.join(format!("{stem}.{n}.db")),
+    }
+}
+
+/// Removes a database file with its WAL and shared-memory files, if present.
+fn remove_database(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = fs::remove_file(PathBuf::from(name));
+    }
+}
+
+/// Removes the files of every generation of `stem` but `keep`: left by a rebuild that
+/// never switched, or by a switch that stopped before removing the old file.
+fn remove_others(dir: &Path, stem: &str, keep: u64) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix(&format!("{stem}.")) else {
+            continue;
+        };
+        let generation = match rest.split_once(".db") {
+            Some((n, _)) => n.parse::<u64>().ok(),
+            None => rest.starts_with("db").then_some(0),
+        };
+        if let Some(generation) = generation
+            && generation != keep
+        {
+            remove_database(&file(dir, stem, generation));
+        }
+    }
+}
+
+/// The right to rebuild a store, given back when dropped.
+#[derive(Debug)]
+struct Claim(Generations);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.inner.rebuilding.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A rebuild into the next generation's file.
+struct FileRebuild<S: ?Sized> {
+    claim: Claim,
+    generation: u64,
+    db: Db,
+    fresh: Arc<S>,
+    frozen: Option<OwnedRwLockWriteGuard<()>>,
+    switched: bool,
+}
+
+impl<S: ?Sized> std::fmt::Debug for FileRebuild<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileRebuild")
+            .field("stem", &self.claim.0.inner.stem)
+            .field("generation", &self.generation)
+            .field("frozen", &self.frozen.is_some())
+            .finish()
+    }
+}
+
+impl<S: ?Sized> Drop for FileRebuild<S> {
+    fn drop(&mut self) {
+        if !self.switched {
+            // Connections still open on the file finish on it; the file goes with them.
+            let live = &self.claim.0.inner;
+            remove_database(&file(&live.dir, live.stem, self.generation));
+        }
+    }
+}
+
+#[async_trait]
+impl<S: ?Sized + Send + Sync + std::fmt::Debug + 'static> StoreRebuild<S> for FileRebuild<S> {
+    fn fresh(&self) -> Arc<S> {
+        self.fresh.clone()
+    }
+
+    async fn freeze(&mut self) -> Result<(), ProjectionError> {
+        if self.frozen.is_none() {
+            self.frozen = Some(self.claim.0.inner.gate.clone().write_owned().await);
+        }
+        Ok(())
+    }
+
+    async fn switch(mut self: Box<Self>) -> Result<(), ProjectionError> {
+        self.freeze().await?;
+        let (live, generation, db) = (self.claim.0.clone(), self.generation, self.db.clone());
+        tokio::task::spawn_blocking(move || live.install(generation, db))
+            .await
+            .map_err(|e| ProjectionError::Store(format!("store task failed: {e}")))?
+            .map_err(|e| {
+                ProjectionError::Store(format!("cannot switch to the rebuilt file: {e}"))
+            })?;
+        self.switched = true;
+        Ok(())
+    }
+}
