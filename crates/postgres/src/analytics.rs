@@ -1,12 +1,17 @@
 //! The analytics store on PostgreSQL (`santa_analytics` schema).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use santa_cqrs::{Position, Progress, ProjectionError};
 use santa_workshop::analytics::{
     AnalyticsChange, AnalyticsStore, LetterRow, NAME, Totals, ToyDemand,
 };
 use santa_workshop::kv::StoreError;
+use santa_workshop::rebuild::StoreRebuild;
 use tokio_postgres::Transaction;
+
+use crate::rebuild::{in_schema, rebuild};
 
 use crate::db::{
     OpenError, Pg, end_batch, lock_checkpoint, projection_error, read_checkpoint, store_error,
@@ -43,18 +48,23 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE santa_analytics.toys (
 #[derive(Debug, Clone)]
 pub struct PgAnalyticsStore {
     pg: Pg,
+    /// `santa_analytics`, or the schema a rebuild fills.
+    schema: &'static str,
 }
 
 impl PgAnalyticsStore {
     /// Connects and brings the `santa_analytics` schema up to date.
     pub async fn open(pg: Pg) -> Result<Self, OpenError> {
         pg.migrate(SCHEMA, MIGRATIONS).await?;
-        Ok(Self { pg })
+        Ok(Self { pg, schema: SCHEMA })
     }
 
     async fn totals(&self, sql: &str) -> Result<Vec<Totals>, StoreError> {
         let client = self.pg.client().await?;
-        let rows = client.query(sql, &[]).await.map_err(store_error)?;
+        let rows = client
+            .query(&*in_schema(sql, SCHEMA, self.schema), &[])
+            .await
+            .map_err(store_error)?;
         Ok(rows
             .iter()
             .map(|r| Totals {
@@ -69,8 +79,10 @@ impl PgAnalyticsStore {
 
 async fn apply_change(
     tx: &Transaction<'_>,
+    schema: &str,
     change: &AnalyticsChange,
 ) -> Result<(), tokio_postgres::Error> {
+    let sql = |sql| in_schema(sql, SCHEMA, schema);
     match change {
         AnalyticsChange::UpsertToy {
             id,
@@ -78,17 +90,17 @@ async fn apply_change(
             price_cents,
         } => {
             tx.execute(
-                "INSERT INTO santa_analytics.toys (id, name, price_cents) VALUES ($1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents",
+                &*sql("INSERT INTO santa_analytics.toys (id, name, price_cents) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents"),
                 &[id, name, price_cents],
             )
             .await?;
         }
-        AnalyticsChange::InsertLetter(letter) => insert_letter(tx, letter).await?,
+        AnalyticsChange::InsertLetter(letter) => insert_letter(tx, schema, letter).await?,
         AnalyticsChange::CancelLetter { id, at_ms } => {
             tx.execute(
-                "UPDATE santa_analytics.letters SET status = 'cancelled', cancelled_at = to_timestamp($2::bigint / 1000.0)
-                 WHERE id = $1 AND status = 'submitted'",
+                &*sql("UPDATE santa_analytics.letters SET status = 'cancelled', cancelled_at = to_timestamp($2::bigint / 1000.0)
+                 WHERE id = $1 AND status = 'submitted'"),
                 &[id, at_ms],
             )
             .await?;
@@ -99,13 +111,15 @@ async fn apply_change(
 
 async fn insert_letter(
     tx: &Transaction<'_>,
+    schema: &str,
     letter: &LetterRow,
 ) -> Result<(), tokio_postgres::Error> {
+    let sql = |sql| in_schema(sql, SCHEMA, schema);
     let inserted = tx
         .execute(
-            "INSERT INTO santa_analytics.letters (id, child, country, total_cents, status, submitted_at)
+            &*sql("INSERT INTO santa_analytics.letters (id, child, country, total_cents, status, submitted_at)
              VALUES ($1, $2, $3, $4, 'submitted', to_timestamp($5::bigint / 1000.0))
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT (id) DO NOTHING"),
             &[&letter.id, &letter.child, &letter.country, &letter.total_cents, &letter.submitted_at_ms],
         )
         .await?;
@@ -120,8 +134,8 @@ async fn insert_letter(
         .collect();
     let prices: Vec<i64> = letter.lines.iter().map(|l| l.unit_price_cents).collect();
     tx.execute(
-        "INSERT INTO santa_analytics.letter_lines (letter_id, toy_id, quantity, unit_price_cents)
-         SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[])",
+        &*sql("INSERT INTO santa_analytics.letter_lines (letter_id, toy_id, quantity, unit_price_cents)
+         SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[])"),
         &[&letter.id, &toys, &quantities, &prices],
     )
     .await?;
@@ -132,7 +146,7 @@ async fn insert_letter(
 impl AnalyticsStore for PgAnalyticsStore {
     async fn checkpoint(&self, partition: u32) -> Result<Position, StoreError> {
         let client = self.pg.client().await?;
-        read_checkpoint(&**client, SCHEMA, NAME, partition)
+        read_checkpoint(&**client, self.schema, NAME, partition)
             .await
             .map_err(store_error)
     }
@@ -144,11 +158,13 @@ impl AnalyticsStore for PgAnalyticsStore {
     ) -> Result<(), ProjectionError> {
         let mut client = self.pg.client().await?;
         let tx = client.transaction().await.map_err(projection_error)?;
-        let after = lock_checkpoint(&tx, SCHEMA, NAME, progress).await?;
+        let after = lock_checkpoint(&tx, self.schema, NAME, progress).await?;
         for (_, change) in changes.iter().filter(|(p, _)| *p > after) {
-            apply_change(&tx, change).await.map_err(projection_error)?;
+            apply_change(&tx, self.schema, change)
+                .await
+                .map_err(projection_error)?;
         }
-        end_batch(tx, SCHEMA, NAME, progress).await
+        end_batch(tx, self.schema, NAME, progress).await
     }
 
     async fn toy_demand(&self, limit: usize) -> Result<Vec<ToyDemand>, StoreError> {
@@ -156,12 +172,12 @@ impl AnalyticsStore for PgAnalyticsStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = client
             .query(
-                "SELECT ll.toy_id, COALESCE(t.name, ll.toy_id), SUM(ll.quantity)::bigint, COUNT(*)::bigint,
+                &*in_schema("SELECT ll.toy_id, COALESCE(t.name, ll.toy_id), SUM(ll.quantity)::bigint, COUNT(*)::bigint,
                         SUM(ll.quantity * ll.unit_price_cents)::bigint
                  FROM santa_analytics.letter_lines ll
                  JOIN santa_analytics.letters l ON l.id = ll.letter_id AND l.status = 'submitted'
                  LEFT JOIN santa_analytics.toys t ON t.id = ll.toy_id
-                 GROUP BY ll.toy_id, t.name ORDER BY 3 DESC, 1 LIMIT $1",
+                 GROUP BY ll.toy_id, t.name ORDER BY 3 DESC, 1 LIMIT $1", SCHEMA, self.schema),
                 &[&limit],
             )
             .await
@@ -195,6 +211,14 @@ impl AnalyticsStore for PgAnalyticsStore {
              FROM santa_analytics.letters l JOIN santa_analytics.letter_lines ll ON ll.letter_id = l.id
              WHERE l.status = 'submitted' GROUP BY d ORDER BY 1",
         )
+        .await
+    }
+
+    async fn rebuild(&self) -> Result<Box<dyn StoreRebuild<dyn AnalyticsStore>>, ProjectionError> {
+        let pg = self.pg.clone();
+        rebuild(&self.pg, SCHEMA, MIGRATIONS, move |schema| {
+            Arc::new(PgAnalyticsStore { pg, schema }) as Arc<dyn AnalyticsStore>
+        })
         .await
     }
 }

@@ -78,7 +78,7 @@ impl Pg {
     pub(crate) async fn migrate(
         &self,
         schema: &'static str,
-        migrations: &[&str],
+        migrations: &[impl AsRef<str>],
     ) -> Result<(), OpenError> {
         let fail = |source| OpenError::Migrate { schema, source };
         let mut client = self
@@ -112,7 +112,7 @@ impl Pg {
             .enumerate()
             .skip(usize::try_from(done).unwrap_or(0))
         {
-            tx.batch_execute(migration).await.map_err(fail)?;
+            tx.batch_execute(migration.as_ref()).await.map_err(fail)?;
             let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
             tx.execute(
                 &format!("INSERT INTO {schema}.migrations (version) VALUES ($1)"),

@@ -1,11 +1,16 @@
 //! The key-value read store on PostgreSQL: `santa_kv.items` keyed by (pk, sk) with a
 //! partial index standing in for the global secondary index.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use santa_cqrs::{Position, Progress, ProjectionError};
 use santa_workshop::Envelope;
 use santa_workshop::kv::{Item, Key, KvApply, KvStore, StoreError, stage_batch};
+use santa_workshop::rebuild::StoreRebuild;
 use tokio_postgres::Row;
+
+use crate::rebuild::{in_schema, rebuild};
 
 use crate::db::{
     OpenError, Pg, end_batch, lock_checkpoint, projection_error, read_checkpoint, store_error,
@@ -33,13 +38,20 @@ const ITEM: &str = "SELECT pk, sk, gsi1pk, gsi1sk, data FROM santa_kv.items";
 #[derive(Debug, Clone)]
 pub struct PgKvStore {
     pg: Pg,
+    /// `santa_kv`, or the schema a rebuild fills.
+    schema: &'static str,
 }
 
 impl PgKvStore {
     /// Connects and brings the `santa_kv` schema up to date.
     pub async fn open(pg: Pg) -> Result<Self, OpenError> {
         pg.migrate(SCHEMA, MIGRATIONS).await?;
-        Ok(Self { pg })
+        Ok(Self { pg, schema: SCHEMA })
+    }
+
+    /// `sql`, written against `santa_kv`, for this store's schema.
+    fn sql<'a>(&self, sql: &'a str) -> std::borrow::Cow<'a, str> {
+        in_schema(sql, SCHEMA, self.schema)
     }
 }
 
@@ -57,7 +69,7 @@ fn row_to_item(row: &Row) -> Item {
 impl KvStore for PgKvStore {
     async fn checkpoint(&self, projection: &str, partition: u32) -> Result<Position, StoreError> {
         let client = self.pg.client().await?;
-        read_checkpoint(&**client, SCHEMA, projection, partition)
+        read_checkpoint(&**client, self.schema, projection, partition)
             .await
             .map_err(store_error)
     }
@@ -71,7 +83,7 @@ impl KvStore for PgKvStore {
     ) -> Result<(), ProjectionError> {
         let mut client = self.pg.client().await?;
         let tx = client.transaction().await.map_err(projection_error)?;
-        let after = lock_checkpoint(&tx, SCHEMA, projection, progress).await?;
+        let after = lock_checkpoint(&tx, self.schema, projection, progress).await?;
         let fresh: Vec<Envelope> = events.into_iter().filter(|e| e.position > after).collect();
         let fetch = |keys: Vec<Key>| {
             let tx = &tx;
@@ -90,7 +102,7 @@ impl KvStore for PgKvStore {
                 .await
                 .map_err(store_error)?;
                 let rows = tx
-                    .query(&format!("{ITEM} WHERE (pk, sk) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"), &[&pks, &sks])
+                    .query(&*self.sql(&format!("{ITEM} WHERE (pk, sk) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))")), &[&pks, &sks])
                     .await
                     .map_err(store_error)?;
                 Ok(rows.iter().map(row_to_item).collect())
@@ -119,10 +131,10 @@ impl KvStore for PgKvStore {
         }
         if !put.0.is_empty() {
             tx.execute(
-                "INSERT INTO santa_kv.items (pk, sk, gsi1pk, gsi1sk, data)
+                &*self.sql("INSERT INTO santa_kv.items (pk, sk, gsi1pk, gsi1sk, data)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
                  ON CONFLICT (pk, sk) DO UPDATE SET gsi1pk = excluded.gsi1pk, gsi1sk = excluded.gsi1sk,
-                 data = excluded.data",
+                 data = excluded.data"),
                 &[&put.0, &put.1, &put.2, &put.3, &put.4],
             )
             .await
@@ -130,19 +142,19 @@ impl KvStore for PgKvStore {
         }
         if !del_pk.is_empty() {
             tx.execute(
-                "DELETE FROM santa_kv.items WHERE (pk, sk) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+                &*self.sql("DELETE FROM santa_kv.items WHERE (pk, sk) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"),
                 &[&del_pk, &del_sk],
             )
             .await
             .map_err(projection_error)?;
         }
-        end_batch(tx, SCHEMA, projection, progress).await
+        end_batch(tx, self.schema, projection, progress).await
     }
 
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
         let client = self.pg.client().await?;
         let stmt = client
-            .prepare_cached(&format!("{ITEM} WHERE pk = $1 AND sk = $2"))
+            .prepare_cached(&self.sql(&format!("{ITEM} WHERE pk = $1 AND sk = $2")))
             .await
             .map_err(store_error)?;
         Ok(client
@@ -162,9 +174,9 @@ impl KvStore for PgKvStore {
         let client = self.pg.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let stmt = client
-            .prepare_cached(&format!(
+            .prepare_cached(&self.sql(&format!(
                 "{ITEM} WHERE gsi1pk = $1 AND gsi1sk > $2 ORDER BY gsi1sk LIMIT $3"
-            ))
+            )))
             .await
             .map_err(store_error)?;
         let rows = client
@@ -172,5 +184,13 @@ impl KvStore for PgKvStore {
             .await
             .map_err(store_error)?;
         Ok(rows.iter().map(row_to_item).collect())
+    }
+
+    async fn rebuild(&self) -> Result<Box<dyn StoreRebuild<dyn KvStore>>, ProjectionError> {
+        let pg = self.pg.clone();
+        rebuild(&self.pg, SCHEMA, MIGRATIONS, move |schema| {
+            Arc::new(PgKvStore { pg, schema }) as Arc<dyn KvStore>
+        })
+        .await
     }
 }

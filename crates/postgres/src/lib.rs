@@ -11,6 +11,7 @@ mod db;
 mod dead_letters;
 mod kv;
 mod leases;
+mod rebuild;
 
 pub use analytics::PgAnalyticsStore;
 pub use db::{OpenError, Pg, fresh_database};

@@ -163,3 +163,34 @@ async fn the_postgres_dead_letters_keep_the_contract() {
     let dead = santa_postgres::PgDeadLetters::open(pg).await.unwrap();
     contract::dead_letters_are_kept_per_projection(Arc::new(dead)).await;
 }
+
+#[tokio::test]
+async fn the_postgres_stores_are_rebuilt_into_new_schemas_and_switched() {
+    let Some(admin) = contract::service_url("SANTA_TEST_POSTGRES") else {
+        return;
+    };
+    let url = fresh_database(&admin, "santa_test").await.unwrap();
+    let pg = Pg::connect(&url, 4).await.unwrap();
+    let kv = Arc::new(PgKvStore::open(pg.clone()).await.unwrap());
+    let analytics = Arc::new(PgAnalyticsStore::open(pg.clone()).await.unwrap());
+    let log = Arc::new(santa_cqrs::memory::MemoryEventLog::default());
+    santa_workshop::contract::rebuilds_replay_the_log_and_switch(log, kv, analytics).await;
+    // Opening again finds the switched schemas fully migrated, and no left-overs.
+    PgKvStore::open(pg.clone()).await.unwrap();
+    PgAnalyticsStore::open(pg.clone()).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let schemas: Vec<String> = client
+        .query(
+            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'santa_%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(schemas, ["santa_analytics", "santa_kv"]);
+}
