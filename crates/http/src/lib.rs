@@ -11,6 +11,7 @@ mod extract;
 mod metrics;
 mod openapi;
 mod problem;
+mod rebuilds;
 mod routes;
 mod wire;
 
@@ -29,6 +30,7 @@ pub use auth::{Scope, Tokens, TokensError};
 pub use metrics::Metrics;
 pub use openapi::openapi_json;
 pub use problem::{ApiError, Problem};
+pub use rebuilds::Rebuilds;
 
 /// Everything the handlers need.
 #[derive(Debug, Clone)]
@@ -43,6 +45,8 @@ pub struct AppState {
     /// The projections queries depend on, with their progress where they run in this
     /// process.
     pub projections: Arc<[ProjectionView]>,
+    /// Rebuilds of projections started through this process.
+    pub rebuilds: Rebuilds,
     pub metrics: Arc<Metrics>,
     pub settings: HttpSettings,
 }

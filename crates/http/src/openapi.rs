@@ -19,7 +19,7 @@ use crate::routes::{commands, dead_letters, ops, queries};
         commands::upsert_toy, commands::submit_letter, commands::cancel_letter,
         queries::list_toys, queries::get_toy, queries::toy_letters, queries::list_letters, queries::get_letter,
         queries::letter_history, queries::toy_demand, queries::totals_by_country, queries::totals_by_day,
-        ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::projections, ops::seed,
+        ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::projections, ops::rebuild, ops::seed,
         dead_letters::list, dead_letters::redrive,
     ),
     modifiers(&BearerAuth),

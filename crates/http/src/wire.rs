@@ -300,12 +300,51 @@ pub struct ProjectionStatusResponse {
     /// Age of the newest applied event when the projection is behind; 0 when caught up.
     pub lag_seconds: f64,
     /// `starting`, `running`, `retrying`, `stalled` (behind the log with nothing applied
-    /// for 30 s), `stopped`, or `elsewhere` when the projection runs in other processes.
+    /// for 30 s), `rebuilding` (a rebuild started here is under way; the live tables
+    /// still serve), `stopped`, or `elsewhere` when the projection runs in other processes.
     #[schema(example = "running")]
     pub state: &'static str,
     pub last_error: Option<String>,
     /// Events set aside as dead letters.
     pub parked: usize,
+    /// The last rebuild started through this process, if any.
+    pub rebuild: Option<RebuildResponse>,
+}
+
+/// A projection rebuild: the whole log replayed into fresh tables while the live ones
+/// serve, then switched to atomically.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebuildResponse {
+    pub projection: &'static str,
+    /// `replaying`, `switching` (caught up, levelling with the live tables and switching),
+    /// `done` (queries read the rebuilt tables) or `failed` (the live tables are untouched).
+    #[schema(example = "replaying")]
+    pub state: &'static str,
+    /// Events applied to the fresh tables so far.
+    pub replayed: u64,
+    /// The log's head when the rebuild began: what it replays before switching.
+    pub target: u64,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// Events replayed per second, so far or in all.
+    pub events_per_second: f64,
+    /// Why it failed, or the error it is retrying.
+    pub error: Option<String>,
+}
+
+impl RebuildResponse {
+    pub fn new(projection: &'static str, s: &santa_cqrs::RebuildStatus, now_ms: i64) -> Self {
+        Self {
+            projection,
+            state: s.state.as_str(),
+            replayed: s.replayed,
+            target: s.target.get(),
+            started_at: rfc3339(s.started_at_ms),
+            finished_at: s.finished_at_ms.map(rfc3339),
+            events_per_second: (s.rate(now_ms) * 10.0).round() / 10.0,
+            error: s.error.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

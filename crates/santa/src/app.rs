@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use santa_cqrs::{Projection, ProjectionRunner};
-use santa_http::{AppState, HttpSettings, Metrics, ProjectionView};
+use santa_http::{AppState, HttpSettings, Metrics, ProjectionView, Rebuilds};
 use santa_workshop::CommandService;
 use santa_workshop::analytics::AnalyticsProjection;
 use santa_workshop::letters::{LettersProjection, LettersQueries};
@@ -22,6 +22,8 @@ use crate::settings::Role;
 #[derive(Debug)]
 pub struct Application {
     server: Option<(TcpListener, axum::Router)>,
+    /// Tells background work started by requests (rebuilds) that the process stops.
+    stop: watch::Sender<bool>,
     runners: Vec<ProjectionRunner>,
     addr: Option<SocketAddr>,
 }
@@ -61,9 +63,11 @@ impl Application {
             })
             .collect();
 
+        let (stop, stopping) = watch::channel(false);
         if matches!(settings.role, Role::Projector { .. }) {
             return Ok(Self {
                 server: None,
+                stop,
                 runners,
                 addr: None,
             });
@@ -85,6 +89,7 @@ impl Application {
             idempotency: backends.idempotency.clone(),
             dead_letters: backends.dead_letters.clone(),
             projections: views,
+            rebuilds: Rebuilds::new(settings.max_attempts, stopping),
             metrics: Arc::new(Metrics::default()),
             settings: HttpSettings {
                 tokens: settings.tokens.clone(),
@@ -99,6 +104,7 @@ impl Application {
         let addr = listener.local_addr()?;
         Ok(Self {
             server: Some((listener, santa_http::router(state))),
+            stop,
             runners,
             addr: Some(addr),
         })
@@ -152,6 +158,7 @@ impl Application {
             }
         };
         let _ = stop_tx.send(true);
+        let _ = self.stop.send(true);
         while tasks.join_next().await.is_some() {}
         tracing::info!("stopped");
         outcome

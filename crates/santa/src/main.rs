@@ -54,6 +54,11 @@ enum Command {
     /// Load a running workshop with letters at a fixed arrival rate and report latency,
     /// throughput and projection lag.
     Bench(BenchArgs),
+    /// The projections of a running workshop: their status, and rebuilds.
+    Projections {
+        #[command(subcommand)]
+        action: ProjectionAction,
+    },
     /// Events the projections set aside: list them, or re-drive them once the cause is fixed.
     DeadLetters {
         #[command(subcommand)]
@@ -83,6 +88,23 @@ struct BenchArgs {
     path: String,
     #[command(flatten)]
     remote: RemoteArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionAction {
+    /// Each projection's position, lag, state and last rebuild (GET /admin/projections).
+    Status(RemoteArgs),
+    /// Replay the whole log into fresh tables while the live ones keep serving, then switch
+    /// to them atomically; shows progress until the switch.
+    Rebuild {
+        /// `letters` or `analytics`.
+        name: String,
+        /// Start the rebuild and return without waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
         } => backends.into_settings(Role::Projector { projection }, None)?,
         Command::Seed(remote) => return seed(remote).await,
         Command::DeadLetters { action } => return dead_letters(action).await,
+        Command::Projections { action } => return projections(action).await,
         Command::Bench(args) => return bench(args).await,
     };
     let app = Application::build(settings).await?;
@@ -224,6 +247,32 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let report = santa::bench::run(config).await?;
     println!("{report}");
     Ok(())
+}
+
+async fn projections(action: ProjectionAction) -> anyhow::Result<()> {
+    match action {
+        ProjectionAction::Status(remote) => {
+            let status = remote.send(Method::GET, "/admin/projections", None).await?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+        ProjectionAction::Rebuild {
+            name,
+            no_wait,
+            remote,
+        } => {
+            let path = format!("/admin/projections/{name}/rebuild");
+            let started = remote
+                .send(Method::POST, &path, None)
+                .await
+                .with_context(|| format!("cannot start rebuilding `{name}`"))?;
+            if no_wait {
+                println!("{}", serde_json::to_string_pretty(&started)?);
+                return Ok(());
+            }
+            client::follow_rebuild(&remote, &name).await
+        }
+    }
 }
 
 async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {

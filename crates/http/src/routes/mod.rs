@@ -58,6 +58,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route_layer(from_fn_with_state(guard(Scope::Read), require));
     let admin = Router::new()
         .route("/admin/seed", post(ops::seed))
+        .route("/admin/projections/{name}/rebuild", post(ops::rebuild))
         .route("/admin/dead-letters/redrive", post(dead_letters::redrive))
         .route_layer(from_fn_with_state(guard(Scope::Admin), require));
     let open = Router::new()

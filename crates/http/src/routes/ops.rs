@@ -9,9 +9,11 @@ use axum::response::{IntoResponse, Response};
 use santa_cqrs::ProjectionState;
 
 use crate::AppState;
+use crate::extract::PathId;
 use crate::problem::{ApiError, Problem};
 use crate::wire::{
-    AcceptedResponse, HealthResponse, ProjectionStatusResponse, ProjectionsResponse, SeedResponse,
+    AcceptedResponse, HealthResponse, ProjectionStatusResponse, ProjectionsResponse,
+    RebuildResponse, SeedResponse,
 };
 
 /// Liveness: the process is up.
@@ -103,6 +105,7 @@ async fn projection_report(state: &AppState) -> Result<ProjectionsResponse, ApiE
             (0, _) | (_, None) => 0.0,
             (_, Some(at)) => (now_ms - at).max(0) as f64 / 1000.0,
         };
+        let rebuild = state.rebuilds.status(view.projection.name());
         projections.push(ProjectionStatusResponse {
             name: view.projection.name(),
             position,
@@ -110,6 +113,12 @@ async fn projection_report(state: &AppState) -> Result<ProjectionsResponse, ApiE
             lag_events,
             lag_seconds,
             state: match local.as_ref() {
+                _ if rebuild
+                    .as_ref()
+                    .is_some_and(santa_cqrs::RebuildStatus::running) =>
+                {
+                    "rebuilding"
+                }
                 None => "elsewhere",
                 // Behind the log and no batch applied for a while: something is stuck.
                 Some(s) if s.stalled(lag_events > 0, now_ms, STALLED_AFTER) => "stalled",
@@ -120,9 +129,59 @@ async fn projection_report(state: &AppState) -> Result<ProjectionsResponse, ApiE
                 .iter()
                 .filter(|l| l.projection == view.projection.name())
                 .count(),
+            rebuild: rebuild
+                .as_ref()
+                .map(|r| RebuildResponse::new(view.projection.name(), r, now_ms)),
         });
     }
     Ok(ProjectionsResponse { head, projections })
+}
+
+/// Rebuilds a projection: replays the whole log into fresh tables while the live ones keep
+/// serving queries, then switches to them atomically. Answers at once; the progress shows
+/// in `GET /admin/projections`.
+#[utoipa::path(post, path = "/admin/projections/{name}/rebuild", tag = "operations",
+    params(("name" = String, Path, description = "The projection: `letters` or `analytics`")),
+    responses((status = 202, body = RebuildResponse, headers(("Location" = String, description = "Where the progress shows"))),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "A rebuild of the projection is under way"),
+        (status = "4XX", body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = ["admin"])))]
+pub(crate) async fn rebuild(
+    State(state): State<AppState>,
+    PathId(name): PathId,
+) -> Result<Response, ApiError> {
+    let view = state.projection_named(&name)?;
+    let projection = view.projection.clone();
+    let name = projection.name();
+    let started = state
+        .rebuilds
+        .start(
+            state.commands.log().clone(),
+            state.dead_letters.clone(),
+            projection,
+        )
+        .await
+        .map_err(|error| match error {
+            santa_cqrs::ProjectionError::Busy(detail) => {
+                ApiError::new(StatusCode::CONFLICT, "rebuild-in-progress", detail)
+            }
+            other => ApiError::projection(other),
+        })?;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(RebuildResponse::new(name, &started, now_ms)),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_static("/admin/projections"),
+    );
+    Ok(response)
 }
 
 /// Prometheus text exposition.

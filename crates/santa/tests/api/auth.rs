@@ -132,6 +132,19 @@ async fn every_endpoint_requires_the_right_scope() {
         call(&app, Method::POST, "/admin/seed", Some(ADMIN)).await,
         StatusCode::OK
     );
+    let rebuild = "/admin/projections/analytics/rebuild";
+    for (token, expected) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some(READ), StatusCode::FORBIDDEN),
+        (Some(WRITE), StatusCode::FORBIDDEN),
+        (Some(ADMIN), StatusCode::ACCEPTED),
+    ] {
+        assert_eq!(
+            call(&app, Method::POST, rebuild, token).await,
+            expected,
+            "{token:?}"
+        );
+    }
     for probe in ["/healthz", "/readyz"] {
         assert_eq!(
             call(&app, Method::GET, probe, None).await,

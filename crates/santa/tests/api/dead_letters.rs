@@ -11,7 +11,7 @@ use crate::helpers::{TestApp, accepted, letter, problem, spawn_app_with};
 
 /// A data directory whose log holds a letter stored with a schema version this build
 /// cannot read, and a cancellation of that letter after it.
-async fn poisoned_dir() -> tempfile::TempDir {
+pub(crate) async fn poisoned_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(santa_sqlite::SqliteEventLog::open(dir.path(), Default::default()).unwrap());
     let event = |id: &str, kind: &str, version: u32, data: Value| NewEvent {

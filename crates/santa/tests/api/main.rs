@@ -12,3 +12,4 @@ mod helpers;
 mod idempotency;
 mod lifecycle;
 mod queries;
+mod rebuild;
