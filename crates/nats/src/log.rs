@@ -502,6 +502,9 @@ impl EventLog for NatsEventLog {
             ack_policy: AckPolicy::All,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 20_000,
+            // A reader that stopped for good (a finished rebuild, a removed projection)
+            // does not leave its consumer behind.
+            inactive_threshold: Duration::from_secs(3600),
             ..pull::Config::default()
         };
         let consumer = self

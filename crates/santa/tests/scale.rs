@@ -268,6 +268,45 @@ async fn two_apis_and_two_projectors_share_the_work_and_survive_a_killed_project
     cluster.caught_up(Duration::from_secs(120)).await;
     cluster.check(&sent).await;
 
+    // Rebuild both projections through one API while letters keep coming through both.
+    for name in ["letters", "analytics"] {
+        let url = format!("{}/admin/projections/{name}/rebuild", cluster.apis[0]);
+        let response = cluster.http.post(url).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::ACCEPTED,
+            "{}",
+            response.text().await.unwrap()
+        );
+    }
+    let third = cluster.burst("c", 2_000, |_| {}).await;
+    sent.letters.extend(third.letters);
+    sent.cancelled.extend(third.cancelled);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = cluster.get(0, "/admin/projections").await;
+        let rebuilds: Vec<&Value> = status["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p["rebuild"])
+            .collect();
+        assert!(rebuilds.iter().all(|r| r["state"] != "failed"), "{status}");
+        if rebuilds.iter().all(|r| r["state"] == "done") {
+            for r in rebuilds {
+                eprintln!(
+                    "{} rebuilt on PostgreSQL from JetStream: {} events, {} events/s",
+                    r["projection"], r["replayed"], r["events_per_second"]
+                );
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "rebuilds still going: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.caught_up(Duration::from_secs(120)).await;
+    cluster.check(&sent).await;
+
     drop(cluster.processes);
     delete_stream(&cluster.nats, &cluster.stream).await;
 }
