@@ -97,6 +97,9 @@ impl RebuildStatus {
     }
 }
 
+/// Events per batch while replaying: fewer, larger transactions than live.
+const REPLAY_BATCH: usize = 5_000;
+
 /// How long the switch waits for the log while levelling the fresh tables.
 const LEVEL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -198,7 +201,9 @@ impl Rebuilder {
 
         // 1. Replay up to the head the log had at the start.
         let mut runner =
-            ProjectionRunner::new(self.log.clone(), fresh.clone()).with_reader(reader.clone());
+            ProjectionRunner::new(self.log.clone(), fresh.clone())
+                .with_reader(reader.clone())
+                .with_batch_size(REPLAY_BATCH);
         if let Some((dead, max)) = &self.dead_letters {
             runner = runner.with_dead_letters(dead.clone(), *max);
         }
