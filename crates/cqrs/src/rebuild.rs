@@ -200,10 +200,9 @@ impl Rebuilder {
         });
 
         // 1. Replay up to the head the log had at the start.
-        let mut runner =
-            ProjectionRunner::new(self.log.clone(), fresh.clone())
-                .with_reader(reader.clone())
-                .with_batch_size(REPLAY_BATCH);
+        let mut runner = ProjectionRunner::new(self.log.clone(), fresh.clone())
+            .with_reader(reader.clone())
+            .with_batch_size(REPLAY_BATCH);
         if let Some((dead, max)) = &self.dead_letters {
             runner = runner.with_dead_letters(dead.clone(), *max);
         }

@@ -5,7 +5,11 @@
 //! server cannot hide its latency by slowing the client down (coordinated omission).
 //! Every `lag_every`-th acknowledged letter is also polled until the read store serves
 //! it: the projection lag a client sees.
+//!
+//! `find_max` runs steady steps at rising rates and keeps the highest one the server
+//! sustains within a p99 bound: the latency-against-offered-load curve comes with it.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -25,6 +29,12 @@ pub enum Scenario {
     Steady,
     /// The rate, five times the rate in the middle third (a Christmas-Eve burst), the rate.
     Spike,
+    /// Writes and reads at the rate: of every ten arrivals, five submit a letter, four
+    /// read (a recent letter, or a toy's letters) and one submits a letter and reads it
+    /// back at once with `?after=` (read-your-writes).
+    Mixed,
+    /// Steady steps at rising rates until p99 or errors break the bound (see `find_max`).
+    FindMax,
 }
 
 /// What to run.
@@ -44,6 +54,29 @@ pub struct BenchConfig {
     pub path: String,
     /// Show a live progress line.
     pub progress: bool,
+    /// find-max: the p99 acknowledgement latency a sustainable rate keeps.
+    pub p99_bound: Duration,
+    /// find-max: how long each step lasts.
+    pub step: Duration,
+}
+
+impl BenchConfig {
+    /// Defaults for `url`: 1,000 letters/s for 30 s, steady, lag of every 20th letter.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            token: None,
+            rate: 1000,
+            duration: Duration::from_secs(30),
+            scenario: Scenario::Steady,
+            lag_every: 20,
+            max_in_flight: 4096,
+            path: "/letters".into(),
+            progress: false,
+            p99_bound: Duration::from_millis(50),
+            step: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Percentiles of a latency distribution, in microseconds.
@@ -73,6 +106,14 @@ pub struct BenchReport {
     pub latency: Summary,
     /// From the 202 until `GET /letters/{id}` served the letter.
     pub lag: Summary,
+    /// Each lag measured: (seconds into the run when acknowledged, lag in ms).
+    pub lag_series: Vec<(f64, f64)>,
+    /// Mixed: reads from due time to the 200.
+    pub reads: Summary,
+    /// Mixed: `GET /letters/{id}?after=P` sent right after the 202, until its 200.
+    pub read_your_writes: Summary,
+    /// Reads answered anything but 200.
+    pub failed_reads: u64,
 }
 
 impl BenchReport {
@@ -84,9 +125,32 @@ impl BenchReport {
 struct Shared {
     http: reqwest::Client,
     config: BenchConfig,
+    start: Instant,
     latency: Mutex<Histogram<u64>>,
     lag: Mutex<Histogram<u64>>,
+    lag_series: Mutex<Vec<(f64, f64)>>,
+    reads: Mutex<Histogram<u64>>,
+    read_your_writes: Mutex<Histogram<u64>>,
+    failed_reads: Mutex<u64>,
+    /// Recently acknowledged letters, for the mixed scenario's reads.
+    recent: Mutex<VecDeque<String>>,
     counts: Mutex<(u64, u64, u64)>,
+}
+
+/// What one arrival does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Write,
+    Read,
+    WriteThenRead,
+}
+
+fn op_for(scenario: Scenario, n: u64) -> Op {
+    match (scenario, n % 10) {
+        (Scenario::Mixed, 5..=8) => Op::Read,
+        (Scenario::Mixed, 9) => Op::WriteThenRead,
+        _ => Op::Write,
+    }
 }
 
 fn histogram() -> anyhow::Result<Histogram<u64>> {
@@ -126,8 +190,8 @@ impl Shared {
         }
     }
 
-    /// Sends one letter due at `due`; returns its id when acknowledged.
-    async fn send(&self, id: String, due: Instant) -> Option<String> {
+    /// Sends one letter due at `due`; returns its id and position when acknowledged.
+    async fn send(&self, id: String, due: Instant) -> Option<(String, u64)> {
         let body = json!({
             "id": id, "child": "Bench", "address": "1 Load Lane", "country": "FI",
             "toys": [{"toy_id": "bench-kite", "quantity": 2}, {"toy_id": "bench-drum", "quantity": 1}],
@@ -145,13 +209,31 @@ impl Shared {
                 _ => c.2 += 1,
             }
         };
-        match outcome.map(|r| r.status()) {
-            Ok(StatusCode::ACCEPTED) => {
+        let response = match outcome {
+            Ok(response) => response,
+            Err(_) => {
+                counts(2);
+                return None;
+            }
+        };
+        match response.status() {
+            StatusCode::ACCEPTED => {
                 record(&self.latency, due.elapsed());
                 counts(0);
-                Some(id)
+                let position = response
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|body| body["position"].as_u64())
+                    .unwrap_or(0);
+                let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+                if recent.len() >= 1024 {
+                    recent.pop_front();
+                }
+                recent.push_back(id.clone());
+                Some((id, position))
             }
-            Ok(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) => {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
                 counts(1);
                 None
             }
@@ -171,10 +253,47 @@ impl Shared {
                 .send()
                 .await;
             if served.is_ok_and(|r| r.status() == StatusCode::OK) {
-                record(&self.lag, acknowledged.elapsed());
+                let lag = acknowledged.elapsed();
+                record(&self.lag, lag);
+                let at = (acknowledged - self.start).as_secs_f64();
+                self.lag_series
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((at, lag.as_secs_f64() * 1000.0));
                 return;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+impl Shared {
+    /// A read due at `due`: a recently acknowledged letter, or every other time a toy's
+    /// letters.
+    async fn read(&self, n: u64, due: Instant) {
+        let recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .back()
+            .cloned();
+        let path = match recent {
+            Some(id) if n.is_multiple_of(2) => format!("/letters/{id}"),
+            _ => "/toys/bench-kite/letters?limit=20".to_owned(),
+        };
+        self.get_ok(&path, due, &self.reads).await;
+    }
+
+    /// GET `path`; its latency from `since` goes to `into` when it answers 200.
+    async fn get_ok(&self, path: &str, since: Instant, into: &Mutex<Histogram<u64>>) {
+        let answer = self.request(reqwest::Method::GET, path).send().await;
+        if answer.is_ok_and(|r| r.status() == StatusCode::OK) {
+            record(into, since.elapsed());
+        } else {
+            *self
+                .failed_reads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) += 1;
         }
     }
 }
@@ -194,18 +313,33 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
+    set_up_toys(&http, &config).await?;
     let shared = Arc::new(Shared {
         http,
+        start: Instant::now(),
         latency: Mutex::new(histogram()?),
         lag: Mutex::new(histogram()?),
+        lag_series: Mutex::default(),
+        reads: Mutex::new(histogram()?),
+        read_your_writes: Mutex::new(histogram()?),
+        failed_reads: Mutex::new(0),
+        recent: Mutex::default(),
         counts: Mutex::new((0, 0, 0)),
         config: config.clone(),
     });
+    offer(&shared).await
+}
+
+/// The toys every bench letter asks for.
+async fn set_up_toys(http: &reqwest::Client, config: &BenchConfig) -> anyhow::Result<()> {
     for (toy, price) in [("bench-kite", 1250), ("bench-drum", 4999)] {
         let body = json!({"name": toy, "description": "used by santa bench", "price_cents": price});
-        let response = shared
-            .request(reqwest::Method::PUT, &format!("/toys/{toy}"))
-            .json(&body)
+        let url = format!("{}/toys/{toy}", config.url.trim_end_matches('/'));
+        let mut request = http.put(url).json(&body);
+        if let Some(token) = &config.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .send()
             .await
             .with_context(|| format!("cannot reach {}; is the workshop running?", config.url))?;
@@ -215,14 +349,20 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
             response.status()
         );
     }
+    Ok(())
+}
+
+/// Offers the load of `shared.config` and gathers what it measured.
+async fn offer(shared: &Arc<Shared>) -> anyhow::Result<BenchReport> {
+    let config = &shared.config;
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let expected = match config.scenario {
-        Scenario::Steady => f64::from(config.rate) * config.duration.as_secs_f64(),
         Scenario::Spike => {
             f64::from(config.rate) * config.duration.as_secs_f64() * (1.0 + 5.0 + 1.0) / 3.0
         }
+        _ => f64::from(config.rate) * config.duration.as_secs_f64(),
     };
     let bar = if config.progress {
         ProgressBar::new(expected as u64)
@@ -235,7 +375,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
     );
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    let start = Instant::now();
+    let start = shared.start;
     let mut due = start;
     let (mut offered, mut not_sent) = (0_u64, 0_u64);
     while due < start + config.duration {
@@ -251,29 +391,48 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         match in_flight.clone().try_acquire_owned() {
             Ok(permit) => {
                 let shared = shared.clone();
-                let (id, measure_lag) = (
-                    format!("bench-{run_id}-{offered}"),
-                    config.lag_every > 0
-                        && config.path == "/letters"
-                        && offered.is_multiple_of(u64::from(config.lag_every)),
-                );
+                let op = op_for(config.scenario, offered);
+                let measure_lag = config.lag_every > 0
+                    && config.path == "/letters"
+                    && op == Op::Write
+                    && offered.is_multiple_of(u64::from(config.lag_every));
+                let id = format!("bench-{run_id}-{offered}");
+                let n = offered;
                 tasks.spawn(async move {
-                    let acknowledged = shared.send(id, due).await;
-                    drop(permit);
-                    if let (Some(id), true) = (acknowledged, measure_lag) {
-                        shared.lag(&id, Instant::now()).await;
+                    match op {
+                        Op::Read => shared.read(n, due).await,
+                        Op::Write | Op::WriteThenRead => {
+                            let acknowledged = shared.send(id, due).await;
+                            if let (Some((id, position)), Op::WriteThenRead) = (&acknowledged, op) {
+                                let path = format!("/letters/{id}?after={position}");
+                                shared
+                                    .get_ok(&path, Instant::now(), &shared.read_your_writes)
+                                    .await;
+                            }
+                            drop(permit);
+                            if let (Some((id, _)), true) = (acknowledged, measure_lag) {
+                                shared.lag(&id, Instant::now()).await;
+                            }
+                        }
                     }
                 });
             }
             Err(_) => not_sent += 1,
         }
-        due += Duration::from_secs_f64(1.0 / rate_at(&config, due - start));
+        due += Duration::from_secs_f64(1.0 / rate_at(config, due - start));
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed();
     bar.finish_and_clear();
     let (acknowledged, shed, failed) =
         *shared.counts.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut lag_series = std::mem::take(
+        &mut *shared
+            .lag_series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    lag_series.sort_by(|a, b| a.0.total_cmp(&b.0));
     Ok(BenchReport {
         offered,
         acknowledged,
@@ -283,6 +442,13 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         elapsed,
         latency: summary(&shared.latency),
         lag: summary(&shared.lag),
+        lag_series,
+        reads: summary(&shared.reads),
+        read_your_writes: summary(&shared.read_your_writes),
+        failed_reads: *shared
+            .failed_reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
     })
 }
 
@@ -320,6 +486,139 @@ impl fmt::Display for BenchReport {
             "acknowledgement latency (from due time): {}",
             self.latency
         )?;
-        write!(f, "projection lag (202 until GET serves it): {}", self.lag)
+        write!(f, "projection lag (202 until GET serves it): {}", self.lag)?;
+        if self.reads.count > 0 || self.read_your_writes.count > 0 {
+            write!(
+                f,
+                "\nreads (from due time): {}\nread-your-writes (GET ?after= right after the 202): {}\nreads failed: {}",
+                self.reads, self.read_your_writes, self.failed_reads
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// One rate of a find-max run.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub rate: u32,
+    pub report: BenchReport,
+    /// Kept within the bound: everything acknowledged, nothing shed, p99 under the bound.
+    pub sustained: bool,
+}
+
+/// Steady steps at rising rates.
+#[derive(Debug, Clone)]
+pub struct FindMaxReport {
+    pub path: String,
+    pub p99_bound: Duration,
+    pub steps: Vec<Step>,
+}
+
+impl FindMaxReport {
+    /// The highest rate sustained.
+    pub fn max_sustained(&self) -> Option<&Step> {
+        self.steps
+            .iter()
+            .filter(|s| s.sustained)
+            .max_by_key(|s| s.rate)
+    }
+}
+
+/// How much faster each step offers than the one before.
+const STEP_GROWTH: f64 = 1.2;
+
+/// Most steps a find-max run takes.
+const MAX_STEPS: usize = 40;
+
+/// Whether a step's report keeps the bound.
+fn sustains(report: &BenchReport, rate: u32, p99_bound: Duration) -> bool {
+    let bound_us = u64::try_from(p99_bound.as_micros()).unwrap_or(u64::MAX);
+    report.not_sent == 0
+        && report.shed == 0
+        && report.failed == 0
+        && report.acknowledged == report.offered
+        && report.latency.p99_us <= bound_us
+        && report.throughput() >= 0.95 * f64::from(rate)
+}
+
+/// Raises the rate from `config.rate` by a fifth per step of `config.step` until two steps
+/// in a row break the bound (p99 above `config.p99_bound`, or anything shed, failed or
+/// not sent).
+pub async fn find_max(config: BenchConfig) -> anyhow::Result<FindMaxReport> {
+    let mut rate = config.rate.max(1);
+    let mut steps = Vec::new();
+    let mut misses = 0;
+    while steps.len() < MAX_STEPS && misses < 2 {
+        let step = BenchConfig {
+            rate,
+            duration: config.step,
+            scenario: Scenario::Steady,
+            ..config.clone()
+        };
+        let report = run(step).await?;
+        let sustained = sustains(&report, rate, config.p99_bound);
+        if config.progress {
+            eprintln!(
+                "{rate:>7}/s offered: {:>7.0}/s acknowledged, p99 {:>8.2} ms, {} shed, {} failed, {} not sent {}",
+                report.throughput(),
+                report.latency.p99_us as f64 / 1000.0,
+                report.shed,
+                report.failed,
+                report.not_sent,
+                if sustained { "✓" } else { "✗" }
+            );
+        }
+        misses = if sustained { 0 } else { misses + 1 };
+        steps.push(Step {
+            rate,
+            report,
+            sustained,
+        });
+        rate = ((f64::from(rate) * STEP_GROWTH).ceil() as u32).max(rate + 1);
+    }
+    Ok(FindMaxReport {
+        path: config.path,
+        p99_bound: config.p99_bound,
+        steps,
+    })
+}
+
+impl fmt::Display for FindMaxReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:>9} {:>12} {:>9} {:>9} {:>9} {:>6}",
+            "offered/s", "acknowledged", "p50 ms", "p99 ms", "max ms", "kept"
+        )?;
+        for s in &self.steps {
+            let ms = |us: u64| us as f64 / 1000.0;
+            writeln!(
+                f,
+                "{:>9} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>6}",
+                s.rate,
+                s.report.throughput(),
+                ms(s.report.latency.p50_us),
+                ms(s.report.latency.p99_us),
+                ms(s.report.latency.max_us),
+                if s.sustained { "yes" } else { "no" }
+            )?;
+        }
+        match self.max_sustained() {
+            Some(best) => write!(
+                f,
+                "highest sustained rate on {}: {}/s (p99 {:.2} ms, bound {} ms)",
+                self.path,
+                best.rate,
+                best.report.latency.p99_us as f64 / 1000.0,
+                self.p99_bound.as_millis()
+            ),
+            None => write!(
+                f,
+                "no rate tried on {} kept p99 within {} ms",
+                self.path,
+                self.p99_bound.as_millis()
+            ),
+        }
     }
 }

@@ -82,10 +82,17 @@ struct BenchArgs {
     /// Requests in flight at most.
     #[arg(long, default_value_t = 4096)]
     max_in_flight: usize,
-    /// Where to send the letters: `/letters`, or `/bench/ceiling` for the no-storage
-    /// baseline (served with `santa serve --bench-endpoints`).
+    /// Where to send the letters: `/letters`, or a baseline served with
+    /// `santa serve --bench-endpoints`: `/bench/ceiling` (no storage) or `/bench/crud`
+    /// (both read stores written inside the request).
     #[arg(long, default_value = "/letters")]
     path: String,
+    /// find-max: the p99 acknowledgement latency a sustained rate must keep, e.g. `50ms`.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    p99_bound: Duration,
+    /// find-max: how long each rate is offered; `--rate` is the first rate.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    step: Duration,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -243,9 +250,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         max_in_flight: args.max_in_flight,
         path: args.path,
         progress: true,
+        p99_bound: args.p99_bound,
+        step: args.step,
     };
-    let report = santa::bench::run(config).await?;
-    println!("{report}");
+    if args.scenario == santa::bench::Scenario::FindMax {
+        println!("{}", santa::bench::find_max(config).await?);
+    } else {
+        println!("{}", santa::bench::run(config).await?);
+    }
     Ok(())
 }
 

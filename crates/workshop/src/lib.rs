@@ -9,6 +9,7 @@
 //! an engine, a SQL dialect or a wire format.
 
 pub mod analytics;
+pub mod baseline;
 pub mod codec;
 pub mod commands;
 pub mod contract;

@@ -1,10 +1,18 @@
-//! `POST /bench/ceiling`: the HTTP ceiling the benchmark compares the durable command path
-//! with. It runs the same server stack, extractor and validation as `POST /letters`, and
-//! then stores nothing.
+//! The baselines the benchmark compares the durable command path with, served only with
+//! `--bench-endpoints`:
+//! - `POST /bench/ceiling`: the same server stack, extractor and validation as
+//!   `POST /letters`, then nothing stored: the HTTP ceiling;
+//! - `POST /bench/crud`: the same letter decided against the read store and written into
+//!   both read stores inside the request, with no event log: synchronous CRUD.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
+use axum::extract::State;
 use axum::http::StatusCode;
+use santa_workshop::baseline::{BaselineError, submit_letter_synchronously};
 
+use crate::AppState;
 use crate::extract::Body;
 use crate::problem::ApiError;
 use crate::wire::{AcceptedResponse, SubmitLetterRequest};
@@ -19,5 +27,31 @@ pub(crate) async fn ceiling(
             id: cmd.id().to_string(),
             position: 0,
         }),
+    ))
+}
+
+pub(crate) async fn crud(
+    State(state): State<AppState>,
+    Body(body): Body<SubmitLetterRequest>,
+) -> Result<(StatusCode, Json<AcceptedResponse>), ApiError> {
+    let cmd = body.into_command(uuid::Uuid::now_v7().to_string())?;
+    let id = cmd.id().to_string();
+    let projections: Vec<_> = state
+        .projections
+        .iter()
+        .map(|view| view.projection.clone())
+        .collect();
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    submit_letter_synchronously(&state.letters, &projections, cmd, now_ms)
+        .await
+        .map_err(|error| match error {
+            BaselineError::Rejected(e) => ApiError::from(e),
+            BaselineError::Store(e) => ApiError::projection(e),
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(AcceptedResponse { id, position: 0 }),
     ))
 }

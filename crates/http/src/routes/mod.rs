@@ -36,6 +36,7 @@ pub(crate) fn router(state: AppState) -> Router {
         write.merge(
             Router::new()
                 .route("/bench/ceiling", post(bench::ceiling))
+                .route("/bench/crud", post(bench::crud))
                 .route_layer(from_fn_with_state(guard(Scope::Write), require)),
         )
     } else {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use santa::bench::{BenchConfig, Scenario, run};
+use santa::bench::{BenchConfig, Scenario, find_max, run};
 
 use crate::helpers::spawn_app;
 
@@ -10,15 +10,13 @@ use crate::helpers::spawn_app;
 async fn the_load_generator_offers_its_rate_and_measures_latency_and_lag() {
     let app = spawn_app().await;
     let config = BenchConfig {
-        url: app.base.clone(),
-        token: None,
         rate: 200,
         duration: Duration::from_secs(1),
         scenario: Scenario::Steady,
         lag_every: 10,
         max_in_flight: 1000,
         path: "/letters".into(),
-        progress: false,
+        ..BenchConfig::new(app.base.clone())
     };
     let report = run(config).await.unwrap();
     assert_eq!(
@@ -53,15 +51,13 @@ async fn the_load_generator_offers_its_rate_and_measures_latency_and_lag() {
 async fn a_spike_offers_five_times_the_rate_in_its_middle_third() {
     let app = spawn_app().await;
     let config = BenchConfig {
-        url: app.base.clone(),
-        token: None,
         rate: 60,
         duration: Duration::from_millis(1500),
         scenario: Scenario::Spike,
         lag_every: 0,
         max_in_flight: 1000,
         path: "/letters".into(),
-        progress: false,
+        ..BenchConfig::new(app.base.clone())
     };
     let report = run(config).await.unwrap();
     // 0.5 s at 60/s, 0.5 s at 300/s, 0.5 s at 60/s.
@@ -75,15 +71,13 @@ async fn the_ceiling_baseline_parses_and_validates_but_stores_nothing() {
         crate::helpers::spawn_app_with(tempfile::tempdir().unwrap(), |s| s.bench_endpoints = true)
             .await;
     let config = BenchConfig {
-        url: app.base.clone(),
-        token: None,
         rate: 100,
         duration: Duration::from_millis(500),
         scenario: Scenario::Steady,
         lag_every: 5,
         max_in_flight: 1000,
         path: "/bench/ceiling".into(),
-        progress: false,
+        ..BenchConfig::new(app.base.clone())
     };
     let report = run(config).await.unwrap();
     assert_eq!(report.acknowledged, report.offered, "{report}");
@@ -116,4 +110,90 @@ async fn the_ceiling_baseline_parses_and_validates_but_stores_nothing() {
         .await
         .unwrap();
     crate::helpers::problem(response, reqwest::StatusCode::NOT_FOUND, "not-found").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mixed_scenario_reads_and_reads_its_own_writes() {
+    let app = spawn_app().await;
+    let config = BenchConfig {
+        rate: 200,
+        duration: Duration::from_secs(1),
+        scenario: Scenario::Mixed,
+        lag_every: 0,
+        ..BenchConfig::new(app.base.clone())
+    };
+    let report = run(config).await.unwrap();
+    assert_eq!(report.offered, 200, "{report}");
+    // Of every ten arrivals: five writes, four reads, one write read back with ?after=.
+    assert_eq!(report.acknowledged, 120, "{report}");
+    assert_eq!(report.reads.count + report.failed_reads, 80, "{report}");
+    assert_eq!(report.read_your_writes.count, 20, "{report}");
+    assert_eq!(report.failed_reads, 0, "{report}");
+    assert!(report.to_string().contains("read-your-writes"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_max_raises_the_rate_until_two_steps_break_the_bound() {
+    let app = spawn_app().await;
+    let config = BenchConfig {
+        rate: 50,
+        step: Duration::from_millis(300),
+        // No server answers within a microsecond: every step breaks the bound.
+        p99_bound: Duration::from_micros(1),
+        lag_every: 0,
+        ..BenchConfig::new(app.base.clone())
+    };
+    let report = find_max(config).await.unwrap();
+    let rates: Vec<u32> = report.steps.iter().map(|s| s.rate).collect();
+    assert_eq!(rates, [50, 60], "{report}");
+    assert!(report.max_sustained().is_none(), "{report}");
+    assert!(
+        report
+            .steps
+            .iter()
+            .all(|s| s.report.acknowledged == s.report.offered)
+    );
+    assert!(report.to_string().contains("no rate tried"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crud_baseline_writes_both_read_stores_inside_the_request() {
+    let app =
+        crate::helpers::spawn_app_with(tempfile::tempdir().unwrap(), |s| s.bench_endpoints = true)
+            .await;
+    app.put_toy("kite", 250).await;
+    let (_, position) = crate::helpers::accepted(
+        app.submit(&crate::helpers::letter("warm-up", &[("kite", 1)]))
+            .await,
+    )
+    .await;
+    app.read_after("/toys/kite", position).await;
+    let post = |body: serde_json::Value| app.client.post(app.url("/bench/crud")).json(&body).send();
+    let response = post(crate::helpers::letter("crud-1", &[("kite", 3)]))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    // Readable at once, without ?after=: it was written before the answer.
+    let letter: serde_json::Value = app.get("/letters/crud-1").await.json().await.unwrap();
+    assert_eq!(letter["total_cents"], 750, "{letter}");
+    let kite: serde_json::Value = app.get("/toys/kite").await.json().await.unwrap();
+    assert_eq!(kite["demand"]["total_quantity"], 4, "{kite}");
+    let countries: serde_json::Value = app.get("/analytics/countries").await.json().await.unwrap();
+    assert_eq!(countries["countries"][0]["letter_count"], 2, "{countries}");
+    crate::helpers::problem(
+        post(crate::helpers::letter("crud-1", &[("kite", 3)]))
+            .await
+            .unwrap(),
+        reqwest::StatusCode::CONFLICT,
+        "letter-conflict",
+    )
+    .await;
+    crate::helpers::problem(
+        post(crate::helpers::letter("crud-2", &[("yo-yo", 1)]))
+            .await
+            .unwrap(),
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown-toy",
+    )
+    .await;
 }
