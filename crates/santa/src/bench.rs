@@ -35,6 +35,8 @@ pub enum Scenario {
     Mixed,
     /// Steady steps at rising rates until p99 or errors break the bound (see `find_max`).
     FindMax,
+    /// Only reads, of `path` (with `{id}` replaced by one of `read_ids`).
+    Reads,
 }
 
 /// What to run.
@@ -58,6 +60,8 @@ pub struct BenchConfig {
     pub p99_bound: Duration,
     /// find-max: how long each step lasts.
     pub step: Duration,
+    /// Reads: letter ids `<prefix><n>` for n in 1..=count, spread over evenly.
+    pub read_ids: Option<(String, u64)>,
 }
 
 impl BenchConfig {
@@ -75,6 +79,7 @@ impl BenchConfig {
             progress: false,
             p99_bound: Duration::from_millis(50),
             step: Duration::from_secs(5),
+            read_ids: None,
         }
     }
 }
@@ -114,6 +119,8 @@ pub struct BenchReport {
     pub read_your_writes: Summary,
     /// Reads answered anything but 200.
     pub failed_reads: u64,
+    /// The letters of this run are `<id_prefix><n>`, n from 1 to `offered`.
+    pub id_prefix: String,
 }
 
 impl BenchReport {
@@ -134,6 +141,7 @@ struct Shared {
     failed_reads: Mutex<u64>,
     /// Recently acknowledged letters, for the mixed scenario's reads.
     recent: Mutex<VecDeque<String>>,
+    followers: Semaphore,
     counts: Mutex<(u64, u64, u64)>,
 }
 
@@ -147,6 +155,7 @@ enum Op {
 
 fn op_for(scenario: Scenario, n: u64) -> Op {
     match (scenario, n % 10) {
+        (Scenario::Reads, _) => Op::Read,
         (Scenario::Mixed, 5..=8) => Op::Read,
         (Scenario::Mixed, 9) => Op::WriteThenRead,
         _ => Op::Write,
@@ -245,8 +254,14 @@ impl Shared {
     }
 
     /// Polls the letter until the read store serves it.
+    /// At most `LAG_FOLLOWERS` letters are followed at once, and each poll waits longer
+    /// than the last (1 ms growing to 20 ms): following must not become the load.
     async fn lag(&self, id: &str, acknowledged: Instant) {
+        let Ok(_follower) = self.followers.try_acquire() else {
+            return;
+        };
         let deadline = acknowledged + Duration::from_secs(30);
+        let mut pause = Duration::from_millis(1);
         while Instant::now() < deadline {
             let served = self
                 .request(reqwest::Method::GET, &format!("/letters/{id}"))
@@ -262,20 +277,36 @@ impl Shared {
                     .push((at, lag.as_secs_f64() * 1000.0));
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 3 / 2).min(Duration::from_millis(20));
         }
     }
 }
 
+/// Letters followed for their lag at once, at most.
+const LAG_FOLLOWERS: usize = 64;
+
 impl Shared {
-    /// A read due at `due`: a recently acknowledged letter, or every other time a toy's
-    /// letters.
+    /// A read due at `due`: a letter acknowledged a while ago (the oldest of the last
+    /// thousand, so it has been projected), or every other time a toy's letters.
     async fn read(&self, n: u64, due: Instant) {
+        if self.config.scenario == Scenario::Reads {
+            let path = match &self.config.read_ids {
+                Some((prefix, count)) => {
+                    // A multiplicative hash spreads consecutive arrivals over the ids.
+                    let k = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17;
+                    let id = format!("{prefix}{}", 1 + k % (*count).max(1));
+                    self.config.path.replace("{id}", &id)
+                }
+                None => self.config.path.clone(),
+            };
+            return self.get_ok(&path, due, &self.reads).await;
+        }
         let recent = self
             .recent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .back()
+            .front()
             .cloned();
         let path = match recent {
             Some(id) if n.is_multiple_of(2) => format!("/letters/{id}"),
@@ -324,6 +355,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         read_your_writes: Mutex::new(histogram()?),
         failed_reads: Mutex::new(0),
         recent: Mutex::default(),
+        followers: Semaphore::new(LAG_FOLLOWERS),
         counts: Mutex::new((0, 0, 0)),
         config: config.clone(),
     });
@@ -358,6 +390,7 @@ async fn offer(shared: &Arc<Shared>) -> anyhow::Result<BenchReport> {
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
+    let id_prefix = format!("bench-{run_id}-");
     let expected = match config.scenario {
         Scenario::Spike => {
             f64::from(config.rate) * config.duration.as_secs_f64() * (1.0 + 5.0 + 1.0) / 3.0
@@ -396,7 +429,7 @@ async fn offer(shared: &Arc<Shared>) -> anyhow::Result<BenchReport> {
                     && config.path == "/letters"
                     && op == Op::Write
                     && offered.is_multiple_of(u64::from(config.lag_every));
-                let id = format!("bench-{run_id}-{offered}");
+                let id = format!("{id_prefix}{offered}");
                 let n = offered;
                 tasks.spawn(async move {
                     match op {
@@ -449,6 +482,7 @@ async fn offer(shared: &Arc<Shared>) -> anyhow::Result<BenchReport> {
             .failed_reads
             .lock()
             .unwrap_or_else(PoisonError::into_inner),
+        id_prefix,
     })
 }
 

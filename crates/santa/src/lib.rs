@@ -5,7 +5,9 @@
 mod app;
 mod backends;
 pub mod bench;
+mod plots;
 mod settings;
+pub mod suite;
 pub mod telemetry;
 
 pub use app::Application;

@@ -54,6 +54,9 @@ enum Command {
     /// Load a running workshop with letters at a fixed arrival rate and report latency,
     /// throughput and projection lag.
     Bench(BenchArgs),
+    /// Run every benchmark with its baselines on this machine (starting the servers it
+    /// needs) and write docs/BENCHMARKS.md, its plots and the raw figures.
+    BenchSuite(SuiteArgs),
     /// The projections of a running workshop: their status, and rebuilds.
     Projections {
         #[command(subcommand)]
@@ -95,6 +98,29 @@ struct BenchArgs {
     step: Duration,
     #[command(flatten)]
     remote: RemoteArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct SuiteArgs {
+    /// Where BENCHMARKS.md goes; plots and results.json go into `<out>/bench/`.
+    #[arg(long, default_value = "docs")]
+    out: std::path::PathBuf,
+    /// Letters in the log before queries and rebuilds are measured.
+    #[arg(long, default_value_t = 1_000_000)]
+    letters: u64,
+    /// Short steps and runs: a smoke run, not figures to publish.
+    #[arg(long)]
+    quick: bool,
+    /// JetStream for the scaled-out mode (skipped without it).
+    #[arg(long, env = "SANTA_BENCH_NATS")]
+    nats: Option<String>,
+    /// An admin URL of a PostgreSQL server for the scaled-out mode; a fresh database is
+    /// made on it.
+    #[arg(long, env = "SANTA_BENCH_POSTGRES")]
+    postgres: Option<String>,
+    /// The p99 acknowledgement latency a sustained rate must keep.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    p99_bound: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +251,19 @@ async fn main() -> anyhow::Result<()> {
         Command::DeadLetters { action } => return dead_letters(action).await,
         Command::Projections { action } => return projections(action).await,
         Command::Bench(args) => return bench(args).await,
+        Command::BenchSuite(args) => {
+            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            return santa::suite::run(santa::suite::SuiteConfig {
+                out: args.out,
+                letters: args.letters,
+                quick: args.quick,
+                nats: args.nats,
+                postgres: args.postgres,
+                p99_bound: args.p99_bound,
+                command,
+            })
+            .await;
+        }
     };
     let app = Application::build(settings).await?;
     app.run_until_stopped(shutdown_signal()).await
@@ -252,6 +291,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         progress: true,
         p99_bound: args.p99_bound,
         step: args.step,
+        read_ids: None,
     };
     if args.scenario == santa::bench::Scenario::FindMax {
         println!("{}", santa::bench::find_max(config).await?);

@@ -19,6 +19,13 @@ pub(crate) enum Durability {
     Normal,
 }
 
+/// The committing connection copies the WAL back into the database file once it holds
+/// this many pages, inside its commit, and syncs the file. Small copies keep the log's
+/// commits (which clients wait on) from queueing behind a large one of any database on
+/// the same disk: at 4,000 pages, p99 acknowledgement at 1,000–4,000 letters/s was
+/// 9–11 ms; at 250, 2.6–4.7 ms.
+const WAL_AUTOCHECKPOINT: u32 = 250;
+
 /// Opens a connection with the project's pragmas and brings the schema up to date.
 pub(crate) fn open(
     path: &Path,
@@ -40,7 +47,7 @@ pub(crate) fn open(
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 10000;
          PRAGMA foreign_keys = ON; PRAGMA cache_size = -32000; PRAGMA mmap_size = 268435456;
-         PRAGMA wal_autocheckpoint = 4000;"
+         PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT};"
     ))
     .map_err(fail)?;
     // Plans never change with bound values: without this, SQLite's STAT4 build re-prepares
@@ -99,8 +106,18 @@ impl Db {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let readers = self.readers.clone();
-        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
-        blocking(move || f(&lock(&readers[i]))).await
+        let first = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        blocking(move || {
+            // The first reader free, so that a short query never queues behind a long one
+            // (a projection reading a batch) while another connection idles.
+            let n = readers.len();
+            let free = (0..n).find_map(|k| readers[(first + k) % n].try_lock().ok());
+            match free {
+                Some(conn) => f(&conn),
+                None => f(&lock(&readers[first % n])),
+            }
+        })
+        .await
     }
 
     /// Runs `f` on the writer connection in the blocking pool.

@@ -1,0 +1,999 @@
+//! `santa bench-suite`: every benchmark of `docs/BENCHMARKS.md` in one run on this machine,
+//! the baselines side by side with the real thing. It starts the servers it measures (this
+//! same executable), drives them with [`crate::bench`], and writes the report, its plots
+//! and the raw figures.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::bench::{self, BenchConfig, BenchReport, FindMaxReport, Scenario};
+
+/// What to run, and where to write.
+#[derive(Debug, Clone)]
+pub struct SuiteConfig {
+    /// `BENCHMARKS.md` goes here, plots and `results.json` into `<out>/bench/`.
+    pub out: PathBuf,
+    /// Letters loaded before the query and rebuild measurements.
+    pub letters: u64,
+    /// Shorter steps and runs: a smoke run, not figures to publish.
+    pub quick: bool,
+    /// The scaled-out mode's engines; it is skipped (and says so) without them.
+    pub nats: Option<String>,
+    pub postgres: Option<String>,
+    /// The p99 a sustained rate must keep in find-max.
+    pub p99_bound: Duration,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+impl SuiteConfig {
+    fn step(&self) -> Duration {
+        if self.quick {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(5)
+        }
+    }
+
+    fn run(&self, full: u64) -> Duration {
+        Duration::from_secs(if self.quick {
+            full.div_ceil(4).max(3)
+        } else {
+            full
+        })
+    }
+}
+
+/// A server process of this executable, killed (and its data removed) when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Server {
+    /// Resident memory, from `/proc`.
+    fn rss_mb(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::env::temp_dir().join(format!("santa-bench-{tag}-{}-{nanos}", std::process::id()))
+}
+
+/// Starts `santa <args>` on a free port and waits until `/readyz` answers 200; returns the
+/// server and the time from spawning to ready.
+async fn start(
+    http: &reqwest::Client,
+    args: &[String],
+    dir: Option<PathBuf>,
+) -> anyhow::Result<(Server, Duration)> {
+    let port = free_port()?;
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let started = Instant::now();
+    let child = Command::new(exe)
+        .args(args)
+        .arg(format!("--addr=127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start a server")?;
+    let server = Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        dir,
+    };
+    let ready = wait_ready(http, &server.url, started).await?;
+    Ok((server, ready))
+}
+
+async fn wait_ready(http: &reqwest::Client, url: &str, since: Instant) -> anyhow::Result<Duration> {
+    let deadline = since + Duration::from_secs(30);
+    loop {
+        if http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
+        {
+            return Ok(since.elapsed());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{url} was not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn embedded(http: &reqwest::Client, tag: &str) -> anyhow::Result<(Server, Duration)> {
+    let dir = scratch_dir(tag);
+    let args = vec![
+        "serve".to_owned(),
+        format!("--data-dir={}", dir.display()),
+        "--bench-endpoints".to_owned(),
+    ];
+    start(http, &args, Some(dir)).await
+}
+
+/// Waits until every projection has applied the whole log; returns how long it took.
+async fn drained(http: &reqwest::Client, url: &str, limit: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let status: Value = http
+            .get(format!("{url}/admin/projections"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let behind = status["projections"]
+            .as_array()
+            .is_none_or(|all| all.iter().any(|p| p["lag_events"] != 0));
+        if !behind {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "projections still behind after {limit:?}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn config(url: &str, path: &str, rate: u32, suite: &SuiteConfig) -> BenchConfig {
+    BenchConfig {
+        rate,
+        path: path.to_owned(),
+        step: suite.step(),
+        p99_bound: suite.p99_bound,
+        lag_every: 0,
+        progress: true,
+        ..BenchConfig::new(url)
+    }
+}
+
+async fn find_max(
+    url: &str,
+    path: &str,
+    start_rate: u32,
+    suite: &SuiteConfig,
+) -> anyhow::Result<FindMaxReport> {
+    eprintln!("== find-max on {path} at {url}");
+    bench::find_max(config(url, path, start_rate, suite)).await
+}
+
+fn max_rate(report: &FindMaxReport) -> u32 {
+    report.max_sustained().map_or(100, |s| s.rate)
+}
+
+async fn steady(
+    url: &str,
+    path: &str,
+    rate: u32,
+    duration: Duration,
+    scenario: Scenario,
+    lag_every: u32,
+    suite: &SuiteConfig,
+) -> anyhow::Result<BenchReport> {
+    eprintln!("== {scenario:?} at {rate}/s for {duration:?} on {path} at {url}");
+    let report = bench::run(BenchConfig {
+        duration,
+        scenario,
+        lag_every,
+        ..config(url, path, rate, suite)
+    })
+    .await?;
+    eprintln!("{report}");
+    Ok(report)
+}
+
+/// Rebuilds `name` through `url`; returns (events, events per second).
+async fn rebuild(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<(u64, f64)> {
+    eprintln!("== rebuild {name}");
+    let response = http
+        .post(format!("{url}/admin/projections/{name}/rebuild"))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == reqwest::StatusCode::ACCEPTED,
+        "rebuild of {name}: {}",
+        response.text().await.unwrap_or_default()
+    );
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let status: Value = http
+            .get(format!("{url}/admin/projections"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let entry = status["projections"]
+            .as_array()
+            .and_then(|all| all.iter().find(|p| p["name"] == name))
+            .map(|p| p["rebuild"].clone())
+            .unwrap_or(Value::Null);
+        match entry["state"].as_str() {
+            Some("done") => {
+                return Ok((
+                    entry["replayed"].as_u64().unwrap_or(0),
+                    entry["events_per_second"].as_f64().unwrap_or(0.0),
+                ));
+            }
+            Some("failed") => anyhow::bail!("rebuild of {name} failed: {entry}"),
+            _ => {}
+        }
+        anyhow::ensure!(Instant::now() < deadline, "rebuild of {name} too slow");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Samples a server's resident memory every 100 ms while `work` runs; returns the peak.
+async fn peak_rss<T>(
+    server: &Server,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, Option<f64>)> {
+    let mut peak: Option<f64> = None;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            result = &mut work => return Ok((result?, peak)),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                if let Some(rss) = server.rss_mb() {
+                    peak = Some(peak.map_or(rss, |p| p.max(rss)));
+                }
+            }
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// What the embedded mode measured.
+struct Embedded {
+    startup_ms: Vec<f64>,
+    idle_rss_mb: Option<f64>,
+    ceiling: FindMaxReport,
+    durable: FindMaxReport,
+    crud: FindMaxReport,
+    /// At CRUD's highest rate: (durable, crud).
+    at_crud_max: (BenchReport, BenchReport),
+    half: BenchReport,
+    load_rss_mb: Option<f64>,
+    mixed: BenchReport,
+    spike: BenchReport,
+    at_max: BenchReport,
+    drain_after_max: Duration,
+    loaded_letters: u64,
+    read_letter: BenchReport,
+    read_toy_letters: BenchReport,
+    rebuild_letters: (u64, f64),
+    rebuild_analytics: (u64, f64),
+}
+
+/// What the scaled-out mode measured.
+struct ScaledOut {
+    startup_ms: f64,
+    idle_rss_mb: Option<f64>,
+    durable: FindMaxReport,
+    half: BenchReport,
+    spike: BenchReport,
+}
+
+/// Runs everything and writes the report.
+pub async fn run(suite: SuiteConfig) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let embedded = measure_embedded(&http, &suite).await?;
+    let scaled = match (&suite.nats, &suite.postgres) {
+        (Some(nats), Some(pg)) => match measure_scaled_out(&http, &suite, nats, pg).await {
+            Ok(scaled) => Some(scaled),
+            Err(error) => {
+                eprintln!("SCALED-OUT MODE NOT MEASURED: {error:#}");
+                None
+            }
+        },
+        _ => {
+            eprintln!("SCALED-OUT MODE NOT MEASURED: pass --nats and --postgres");
+            None
+        }
+    };
+    write_report(&suite, &embedded, scaled.as_ref())
+}
+
+async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow::Result<Embedded> {
+    // Start-up: fresh data directories, spawn to `/readyz` 200.
+    let mut startup_ms = Vec::new();
+    for i in 0..5 {
+        let (_server, ready) = embedded(http, &format!("startup{i}")).await?;
+        startup_ms.push(ready.as_secs_f64() * 1000.0);
+    }
+    let (server, _) = embedded(http, "embedded").await?;
+    let url = server.url.clone();
+    http.post(format!("{url}/admin/seed")).send().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss_mb = server.rss_mb();
+
+    let ceiling = find_max(&url, "/bench/ceiling", 2000, suite).await?;
+    let durable = find_max(&url, "/letters", 1000, suite).await?;
+    drained(http, &url, Duration::from_secs(120)).await?;
+    let (crud_server, _) = embedded(http, "crud").await?;
+    http.post(format!("{}/admin/seed", crud_server.url))
+        .send()
+        .await?;
+    let crud = find_max(&crud_server.url, "/bench/crud", 500, suite).await?;
+    let durable_max = max_rate(&durable);
+    let crud_max = max_rate(&crud);
+
+    let equal = suite.run(15);
+    let durable_at_crud = steady(
+        &url,
+        "/letters",
+        crud_max,
+        equal,
+        Scenario::Steady,
+        0,
+        suite,
+    )
+    .await?;
+    let crud_at_crud = steady(
+        &crud_server.url,
+        "/bench/crud",
+        crud_max,
+        equal,
+        Scenario::Steady,
+        0,
+        suite,
+    )
+    .await?;
+    drop(crud_server);
+    drained(http, &url, Duration::from_secs(120)).await?;
+
+    let half_rate = (durable_max / 2).max(1);
+    let (half, load_rss_mb) = peak_rss(
+        &server,
+        steady(
+            &url,
+            "/letters",
+            half_rate,
+            suite.run(20),
+            Scenario::Steady,
+            10,
+            suite,
+        ),
+    )
+    .await?;
+    let mixed = steady(
+        &url,
+        "/letters",
+        half_rate,
+        suite.run(20),
+        Scenario::Mixed,
+        0,
+        suite,
+    )
+    .await?;
+    drained(http, &url, Duration::from_secs(120)).await?;
+    let spike = steady(
+        &url,
+        "/letters",
+        (durable_max / 4).max(1),
+        suite.run(30),
+        Scenario::Spike,
+        10,
+        suite,
+    )
+    .await?;
+    drained(http, &url, Duration::from_secs(120)).await?;
+    let at_max = steady(
+        &url,
+        "/letters",
+        durable_max,
+        suite.run(60),
+        Scenario::Steady,
+        20,
+        suite,
+    )
+    .await?;
+    let drain_after_max = drained(http, &url, Duration::from_secs(300)).await?;
+
+    // Load up to `letters`, then queries and rebuilds at that size.
+    let status: Value = http
+        .get(format!("{url}/admin/projections"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let head = status["head"].as_u64().unwrap_or(0);
+    let load_rate = (durable_max * 9 / 10).max(1);
+    let missing = suite.letters.saturating_sub(head);
+    let load = steady(
+        &url,
+        "/letters",
+        load_rate,
+        Duration::from_secs_f64((missing as f64 / f64::from(load_rate)).max(1.0)),
+        Scenario::Steady,
+        0,
+        suite,
+    )
+    .await?;
+    drained(http, &url, Duration::from_secs(600)).await?;
+    let loaded: Value = http
+        .get(format!("{url}/admin/projections"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let loaded_letters = loaded["head"].as_u64().unwrap_or(0);
+    let read_rate = (durable_max / 2).max(100);
+    let read_letter = bench::run(BenchConfig {
+        duration: suite.run(15),
+        scenario: Scenario::Reads,
+        read_ids: Some((load.id_prefix.clone(), load.offered)),
+        ..config(&url, "/letters/{id}", read_rate, suite)
+    })
+    .await?;
+    eprintln!("GET /letters/{{id}}: {read_letter}");
+    let read_toy_letters = bench::run(BenchConfig {
+        duration: suite.run(15),
+        scenario: Scenario::Reads,
+        ..config(&url, "/toys/bench-kite/letters?limit=20", read_rate, suite)
+    })
+    .await?;
+    eprintln!("GET /toys/{{id}}/letters: {read_toy_letters}");
+    let rebuild_letters = rebuild(http, &url, "letters").await?;
+    let rebuild_analytics = rebuild(http, &url, "analytics").await?;
+    Ok(Embedded {
+        startup_ms,
+        idle_rss_mb,
+        ceiling,
+        durable,
+        crud,
+        at_crud_max: (durable_at_crud, crud_at_crud),
+        half,
+        load_rss_mb,
+        mixed,
+        spike,
+        at_max,
+        drain_after_max,
+        loaded_letters,
+        read_letter,
+        read_toy_letters,
+        rebuild_letters,
+        rebuild_analytics,
+    })
+}
+
+async fn measure_scaled_out(
+    http: &reqwest::Client,
+    suite: &SuiteConfig,
+    nats: &str,
+    postgres: &str,
+) -> anyhow::Result<ScaledOut> {
+    let db = santa_postgres::fresh_database(postgres, "santa_bench")
+        .await
+        .context("--postgres")?;
+    let stream = format!("SANTA_BENCH_{}", std::process::id());
+    let backends = vec![
+        format!("--event-log={nats}"),
+        format!("--read-store={db}"),
+        format!("--analytics={db}"),
+        format!("--nats-stream={stream}"),
+    ];
+    let projector_port = free_port()?;
+    let mut projector_args = vec!["projector".to_owned()];
+    projector_args.extend(backends.clone());
+    let exe = std::env::current_exe()?;
+    let projector = Server {
+        child: Command::new(&exe)
+            .args(&projector_args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+        url: format!("http://127.0.0.1:{projector_port}"),
+        dir: None,
+    };
+    let mut api_args = vec!["api".to_owned(), "--bench-endpoints".to_owned()];
+    api_args.extend(backends);
+    let (api, startup) = start(http, &api_args, None).await?;
+    let url = api.url.clone();
+    http.post(format!("{url}/admin/seed")).send().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss_mb = api.rss_mb();
+    let durable = find_max(&url, "/letters", 500, suite).await?;
+    drained(http, &url, Duration::from_secs(120)).await?;
+    let max = max_rate(&durable);
+    let half = steady(
+        &url,
+        "/letters",
+        (max / 2).max(1),
+        suite.run(20),
+        Scenario::Steady,
+        10,
+        suite,
+    )
+    .await?;
+    drained(http, &url, Duration::from_secs(120)).await?;
+    let spike = steady(
+        &url,
+        "/letters",
+        (max / 4).max(1),
+        suite.run(30),
+        Scenario::Spike,
+        10,
+        suite,
+    )
+    .await?;
+    drained(http, &url, Duration::from_secs(300)).await?;
+    drop(api);
+    drop(projector);
+    let options = santa_nats::NatsOptions::named(&stream, 8);
+    if let Ok(log) = santa_nats::NatsEventLog::connect(nats, options).await {
+        let _ = log.delete().await;
+    }
+    Ok(ScaledOut {
+        startup_ms: startup.as_secs_f64() * 1000.0,
+        idle_rss_mb,
+        durable,
+        half,
+        spike,
+    })
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory_gb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}), {memory_gb:.0} GiB, Linux {}",
+        kernel.trim()
+    )
+}
+
+fn curve_json(report: &FindMaxReport) -> Value {
+    json!({
+        "path": report.path,
+        "max_sustained": report.max_sustained().map(|s| s.rate),
+        "steps": report.steps.iter().map(|s| json!({
+            "offered_per_s": s.rate,
+            "acknowledged_per_s": s.report.throughput(),
+            "p50_ms": ms(s.report.latency.p50_us),
+            "p99_ms": ms(s.report.latency.p99_us),
+            "max_ms": ms(s.report.latency.max_us),
+            "sustained": s.sustained,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn run_json(report: &BenchReport) -> Value {
+    json!({
+        "offered": report.offered,
+        "acknowledged": report.acknowledged,
+        "acknowledged_per_s": report.throughput(),
+        "shed": report.shed,
+        "failed": report.failed,
+        "not_sent": report.not_sent,
+        "ack_ms": summary_json(&report.latency),
+        "lag_ms": summary_json(&report.lag),
+        "reads_ms": summary_json(&report.reads),
+        "read_your_writes_ms": summary_json(&report.read_your_writes),
+        "failed_reads": report.failed_reads,
+    })
+}
+
+fn summary_json(s: &bench::Summary) -> Value {
+    json!({"n": s.count, "p50": ms(s.p50_us), "p90": ms(s.p90_us), "p99": ms(s.p99_us),
+           "p99.9": ms(s.p999_us), "max": ms(s.max_us)})
+}
+
+fn write_report(
+    suite: &SuiteConfig,
+    e: &Embedded,
+    scaled: Option<&ScaledOut>,
+) -> anyhow::Result<()> {
+    let dir = suite.out.join("bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut curves = vec![
+        ("HTTP ceiling (no storage)", &e.ceiling),
+        ("durable POST /letters, embedded", &e.durable),
+        ("synchronous CRUD, embedded", &e.crud),
+    ];
+    if let Some(s) = scaled {
+        curves.push(("durable POST /letters, JetStream + PostgreSQL", &s.durable));
+    }
+    crate::plots::latency_against_load(&dir.join("latency-vs-load.svg"), &curves)?;
+    let mut spikes = vec![("embedded", &e.spike)];
+    if let Some(s) = scaled {
+        spikes.push(("JetStream + PostgreSQL", &s.spike));
+    }
+    crate::plots::lag_over_time(
+        &dir.join("lag-during-spike.svg"),
+        "Projection lag during a spike (5x the rate in the middle third)",
+        &spikes,
+    )?;
+    crate::plots::lag_over_time(
+        &dir.join("lag-at-max-rate.svg"),
+        "Projection lag at the highest sustained rate, embedded",
+        &[("embedded", &e.at_max)],
+    )?;
+
+    let results = json!({
+        "machine": machine(),
+        "command": suite.command,
+        "quick": suite.quick,
+        "p99_bound_ms": suite.p99_bound.as_millis(),
+        "embedded": {
+            "startup_ms": e.startup_ms,
+            "idle_rss_mb": e.idle_rss_mb,
+            "load_rss_mb": e.load_rss_mb,
+            "ceiling": curve_json(&e.ceiling),
+            "durable": curve_json(&e.durable),
+            "crud": curve_json(&e.crud),
+            "at_crud_max": {"durable": run_json(&e.at_crud_max.0), "crud": run_json(&e.at_crud_max.1)},
+            "half_load": run_json(&e.half),
+            "mixed": run_json(&e.mixed),
+            "spike": run_json(&e.spike),
+            "at_max": run_json(&e.at_max),
+            "drain_after_max_s": e.drain_after_max.as_secs_f64(),
+            "loaded_events": e.loaded_letters,
+            "read_letter": run_json(&e.read_letter),
+            "read_toy_letters": run_json(&e.read_toy_letters),
+            "rebuild": {
+                "letters": {"events": e.rebuild_letters.0, "per_s": e.rebuild_letters.1},
+                "analytics": {"events": e.rebuild_analytics.0, "per_s": e.rebuild_analytics.1},
+            },
+        },
+        "scaled_out": scaled.map(|s| json!({
+            "startup_ms": s.startup_ms,
+            "idle_rss_mb": s.idle_rss_mb,
+            "durable": curve_json(&s.durable),
+            "half_load": run_json(&s.half),
+            "spike": run_json(&s.spike),
+        })),
+    });
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    let markdown = render(suite, e, scaled);
+    let path = suite.out.join("BENCHMARKS.md");
+    std::fs::write(&path, markdown).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("wrote {} and {}", path.display(), dir.display());
+    Ok(())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+fn curve_table(out: &mut String, title: &str, report: &FindMaxReport) {
+    let _ = writeln!(out, "\n**{title}** (`{}`)\n", report.path);
+    let _ = writeln!(
+        out,
+        "| offered/s | acknowledged/s | p50 ms | p99 ms | max ms | within bound |\n|---:|---:|---:|---:|---:|:---:|"
+    );
+    for s in &report.steps {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            s.rate,
+            s.report.throughput(),
+            ms(s.report.latency.p50_us),
+            ms(s.report.latency.p99_us),
+            ms(s.report.latency.max_us),
+            if s.sustained { "yes" } else { "no" }
+        );
+    }
+}
+
+fn render(suite: &SuiteConfig, e: &Embedded, scaled: Option<&ScaledOut>) -> String {
+    let mut out = String::new();
+    let ceiling = max_rate(&e.ceiling);
+    let durable = max_rate(&e.durable);
+    let crud = max_rate(&e.crud);
+    let ratio = f64::from(durable) / f64::from(ceiling.max(1));
+    let (durable_at_crud, crud_at_crud) = &e.at_crud_max;
+    let crud_ratio =
+        crud_at_crud.latency.p99_us as f64 / (durable_at_crud.latency.p99_us.max(1)) as f64;
+    let startup = median(e.startup_ms.clone());
+    let _ = writeln!(
+        out,
+        "# Benchmarks\n\nGenerated by `{}`{} — do not edit by hand; run it again.\n",
+        suite.command,
+        if suite.quick {
+            " in **quick mode** (short steps: a smoke run, not figures to quote)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "Machine: {}. The load generator (`santa bench`, open loop, latency from each \
+         request's due time, HDR histograms) runs on the same machine as the servers it \
+         measures, so every figure includes its share of the cores. A rate is *sustained* \
+         when every request offered is acknowledged (nothing shed, failed or left unsent), \
+         the acknowledged rate is within 5 % of the offered one and p99 stays within {} ms; \
+         find-max raises the rate by a fifth per {:?} step until two steps in a row break that.\n",
+        machine(),
+        suite.p99_bound.as_millis(),
+        suite.step()
+    );
+    let _ = writeln!(out, "## Targets\n\n| target | measured | |\n|---|---|---|");
+    let bound = |report: &BenchReport| ms(report.latency.p99_us);
+    let rows: Vec<(String, String, bool)> = vec![
+        (
+            "durable `POST /letters` ≥ 60 % of the HTTP ceiling (embedded)".into(),
+            format!("{durable}/s of {ceiling}/s = {:.0} %", ratio * 100.0),
+            ratio >= 0.6,
+        ),
+        (
+            "p99 acknowledgement ≤ 2 ms at half the highest sustained rate".into(),
+            format!("{:.2} ms at {}/s", bound(&e.half), (durable / 2).max(1)),
+            bound(&e.half) <= 2.0,
+        ),
+        (
+            "projection lag p99 ≤ 50 ms at half load".into(),
+            format!("{:.2} ms", ms(e.half.lag.p99_us)),
+            ms(e.half.lag.p99_us) <= 50.0,
+        ),
+        (
+            "at the highest rate, lag stays bounded and drains within 5 s".into(),
+            format!(
+                "lag max {:.0} ms over {:.0} s; drained {:.2} s after the load",
+                ms(e.at_max.lag.max_us),
+                e.at_max.elapsed.as_secs_f64(),
+                e.drain_after_max.as_secs_f64()
+            ),
+            e.drain_after_max <= Duration::from_secs(5),
+        ),
+        (
+            "≥ 5× lower p99 acknowledgement than synchronous CRUD at CRUD's highest rate".into(),
+            format!(
+                "at {crud}/s: CQRS {:.2} ms, CRUD {:.2} ms ({crud_ratio:.1}×)",
+                bound(durable_at_crud),
+                bound(crud_at_crud)
+            ),
+            crud_ratio >= 5.0,
+        ),
+        (
+            "≥ 10× the peer's command throughput (cqrs-es + postgres-es)".into(),
+            "not measured yet: the peer is not in the suite".into(),
+            false,
+        ),
+        (
+            "ready ≤ 50 ms".into(),
+            format!("{startup:.1} ms (median of {})", e.startup_ms.len()),
+            startup <= 50.0,
+        ),
+        (
+            "≤ 30 MB resident when idle".into(),
+            format!("{:.1} MB", e.idle_rss_mb.unwrap_or(f64::NAN)),
+            e.idle_rss_mb.is_some_and(|m| m <= 30.0),
+        ),
+        (
+            format!(
+                "query p99 ≤ 2 ms with one million letters ({} events loaded)",
+                e.loaded_letters
+            ),
+            format!(
+                "`GET /letters/{{id}}` {:.2} ms, `GET /toys/{{id}}/letters` {:.2} ms",
+                ms(e.read_letter.reads.p99_us),
+                ms(e.read_toy_letters.reads.p99_us)
+            ),
+            ms(e.read_letter.reads.p99_us) <= 2.0 && ms(e.read_toy_letters.reads.p99_us) <= 2.0,
+        ),
+        (
+            "rebuild ≥ 200,000 events/s".into(),
+            format!(
+                "letters {:.0}/s, analytics {:.0}/s ({} events)",
+                e.rebuild_letters.1, e.rebuild_analytics.1, e.rebuild_letters.0
+            ),
+            e.rebuild_letters.1 >= 200_000.0 && e.rebuild_analytics.1 >= 200_000.0,
+        ),
+    ];
+    for (target, measured, ok) in rows {
+        let _ = writeln!(out, "| {target} | {measured} | {} |", verdict(ok));
+    }
+
+    let _ = writeln!(
+        out,
+        "\n## Latency against offered load\n\n![p99 acknowledgement latency against offered load](bench/latency-vs-load.svg)"
+    );
+    curve_table(
+        &mut out,
+        "HTTP ceiling: same stack and validation, nothing stored",
+        &e.ceiling,
+    );
+    curve_table(
+        &mut out,
+        "Durable command path, embedded (SQLite log, group commit)",
+        &e.durable,
+    );
+    curve_table(
+        &mut out,
+        "Synchronous CRUD: both read stores written inside the request",
+        &e.crud,
+    );
+    if let Some(s) = scaled {
+        curve_table(
+            &mut out,
+            "Durable command path, JetStream + PostgreSQL",
+            &s.durable,
+        );
+    }
+
+    let _ = writeln!(out, "\n## Runs at fixed rates (embedded)\n");
+    let _ = writeln!(
+        out,
+        "| run | offered/s | acknowledged/s | ack p50 | ack p99 | ack p99.9 | lag p50 | lag p99 | lag max |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut fixed: Vec<(&str, u32, &BenchReport)> = vec![
+        ("half the highest rate", (durable / 2).max(1), &e.half),
+        (
+            "spike: ¼ of it, 5× in the middle third",
+            (durable / 4).max(1),
+            &e.spike,
+        ),
+        ("the highest rate", durable, &e.at_max),
+        ("CQRS at CRUD's highest rate", crud, durable_at_crud),
+        ("CRUD at its highest rate", crud, crud_at_crud),
+    ];
+    if let Some(s) = scaled {
+        fixed.push((
+            "scaled-out, half its highest rate",
+            (max_rate(&s.durable) / 2).max(1),
+            &s.half,
+        ));
+        fixed.push((
+            "scaled-out spike",
+            (max_rate(&s.durable) / 4).max(1),
+            &s.spike,
+        ));
+    }
+    for (name, rate, r) in fixed {
+        let _ = writeln!(
+            out,
+            "| {name} | {rate} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.throughput(),
+            ms(r.latency.p50_us),
+            ms(r.latency.p99_us),
+            ms(r.latency.p999_us),
+            ms(r.lag.p50_us),
+            ms(r.lag.p99_us),
+            ms(r.lag.max_us)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nLag is the time from a letter's 202 until `GET /letters/{{id}}` serves it (every 10th or 20th letter is followed).\n\n![lag during a spike](bench/lag-during-spike.svg)\n\n![lag at the highest rate](bench/lag-at-max-rate.svg)"
+    );
+    let _ = writeln!(
+        out,
+        "\n**Mixed** at {}/s (of every ten arrivals five letters, four reads, one letter read back with `?after=`): writes p99 {:.2} ms, reads p99 {:.2} ms, read-your-writes p99 {:.2} ms (after the 202), {} reads failed.",
+        (durable / 2).max(1),
+        ms(e.mixed.latency.p99_us),
+        ms(e.mixed.reads.p99_us),
+        ms(e.mixed.read_your_writes.p99_us),
+        e.mixed.failed_reads
+    );
+
+    let _ = writeln!(out, "\n## Start-up, memory, queries at size, rebuilds\n");
+    let _ = writeln!(
+        out,
+        "- Start to ready (spawn until `/readyz` 200, fresh data directory): {} ms; median {startup:.1} ms.",
+        e.startup_ms
+            .iter()
+            .map(|m| format!("{m:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "- Resident memory, embedded: {:.1} MB idle, {:.1} MB peak at half load.",
+        e.idle_rss_mb.unwrap_or(f64::NAN),
+        e.load_rss_mb.unwrap_or(f64::NAN)
+    );
+    if let Some(s) = scaled {
+        let _ = writeln!(
+            out,
+            "- Scaled-out `santa api`: ready in {:.1} ms, {:.1} MB idle.",
+            s.startup_ms,
+            s.idle_rss_mb.unwrap_or(f64::NAN)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "- Scaled-out mode: not measured in this run (no `--nats`/`--postgres`)."
+        );
+    }
+    for (name, r) in [
+        ("`GET /letters/{id}`", &e.read_letter),
+        ("`GET /toys/{id}/letters?limit=20`", &e.read_toy_letters),
+    ] {
+        let _ = writeln!(
+            out,
+            "- {name} with {} events in the log, {:.0} reads/s: {} ({} failed).",
+            e.loaded_letters,
+            r.reads.count as f64 / r.elapsed.as_secs_f64().max(f64::EPSILON),
+            r.reads,
+            r.failed_reads
+        );
+    }
+    let _ = writeln!(
+        out,
+        "- Rebuild (whole log into fresh tables, then the switch): letters {} events at {:.0} events/s, analytics {} events at {:.0} events/s.",
+        e.rebuild_letters.0, e.rebuild_letters.1, e.rebuild_analytics.0, e.rebuild_analytics.1
+    );
+    let _ = writeln!(
+        out,
+        "\nRaw figures: [`bench/results.json`](bench/results.json)."
+    );
+    out
+}
+
+/// Used by the plots: (offered rate, p99 ms) of each step.
+pub(crate) fn p99_points(report: &FindMaxReport) -> Vec<(f64, f64)> {
+    report
+        .steps
+        .iter()
+        .map(|s| (f64::from(s.rate), ms(s.report.latency.p99_us)))
+        .collect()
+}
