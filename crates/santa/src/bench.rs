@@ -60,8 +60,9 @@ pub struct BenchConfig {
     pub p99_bound: Duration,
     /// find-max: how long each step lasts.
     pub step: Duration,
-    /// Reads: letter ids `<prefix><n>` for n in 1..=count, spread over evenly.
-    pub read_ids: Option<(String, u64)>,
+    /// Reads: letter ids `<prefix><n>` for n in 1..=count of each range, spread over
+    /// all of them evenly.
+    pub read_ids: Vec<(String, u64)>,
 }
 
 impl BenchConfig {
@@ -79,7 +80,7 @@ impl BenchConfig {
             progress: false,
             p99_bound: Duration::from_millis(50),
             step: Duration::from_secs(5),
-            read_ids: None,
+            read_ids: Vec::new(),
         }
     }
 }
@@ -291,14 +292,21 @@ impl Shared {
     /// thousand, so it has been projected), or every other time a toy's letters.
     async fn read(&self, n: u64, due: Instant) {
         if self.config.scenario == Scenario::Reads {
-            let path = match &self.config.read_ids {
-                Some((prefix, count)) => {
-                    // A multiplicative hash spreads consecutive arrivals over the ids.
-                    let k = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17;
-                    let id = format!("{prefix}{}", 1 + k % (*count).max(1));
-                    self.config.path.replace("{id}", &id)
+            let total: u64 = self.config.read_ids.iter().map(|(_, n)| n).sum();
+            let path = if total == 0 {
+                self.config.path.clone()
+            } else {
+                // A multiplicative hash spreads consecutive arrivals over the ids.
+                let mut k = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) % total;
+                let mut id = String::new();
+                for (prefix, count) in &self.config.read_ids {
+                    if k < *count {
+                        id = format!("{prefix}{}", k + 1);
+                        break;
+                    }
+                    k -= count;
                 }
-                None => self.config.path.clone(),
+                self.config.path.replace("{id}", &id)
             };
             return self.get_ok(&path, due, &self.reads).await;
         }

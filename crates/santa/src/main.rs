@@ -291,7 +291,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         progress: true,
         p99_bound: args.p99_bound,
         step: args.step,
-        read_ids: None,
+        read_ids: Vec::new(),
     };
     if args.scenario == santa::bench::Scenario::FindMax {
         println!("{}", santa::bench::find_max(config).await?);
