@@ -118,6 +118,9 @@ struct SuiteArgs {
     /// made on it.
     #[arg(long, env = "SANTA_BENCH_POSTGRES")]
     postgres: Option<String>,
+    /// The peer's server (`benches/peer`); built with cargo when missing.
+    #[arg(long, default_value = "benches/peer/target/release/santa-peer")]
+    peer: std::path::PathBuf,
     /// The p99 acknowledgement latency a sustained rate must keep.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     p99_bound: Duration,
@@ -259,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
                 quick: args.quick,
                 nats: args.nats,
                 postgres: args.postgres,
+                peer: args.peer,
                 p99_bound: args.p99_bound,
                 command,
             })

@@ -26,6 +26,8 @@ pub struct SuiteConfig {
     /// The scaled-out mode's engines; it is skipped (and says so) without them.
     pub nats: Option<String>,
     pub postgres: Option<String>,
+    /// The peer (`benches/peer`, cqrs-es + postgres-es); built with cargo when missing.
+    pub peer: PathBuf,
     /// The p99 a sustained rate must keep in find-max.
     pub p99_bound: Duration,
     /// The command line, for the report.
@@ -370,7 +372,60 @@ pub async fn run(suite: SuiteConfig) -> anyhow::Result<()> {
             None
         }
     };
-    write_report(&suite, &embedded, scaled.as_ref())
+    let peer = match &suite.postgres {
+        Some(pg) => match measure_peer(&http, &suite, pg).await {
+            Ok(peer) => Some(peer),
+            Err(error) => {
+                eprintln!("PEER NOT MEASURED: {error:#}");
+                None
+            }
+        },
+        None => {
+            eprintln!("PEER NOT MEASURED: pass --postgres");
+            None
+        }
+    };
+    write_report(&suite, &embedded, scaled.as_ref(), peer.as_ref())
+}
+
+/// The peer's command path on its own fresh database: find-max on `POST /letters`.
+async fn measure_peer(
+    http: &reqwest::Client,
+    suite: &SuiteConfig,
+    postgres: &str,
+) -> anyhow::Result<FindMaxReport> {
+    if !suite.peer.exists() {
+        eprintln!("== building the peer (benches/peer)");
+        let built = Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "--manifest-path",
+                "benches/peer/Cargo.toml",
+            ])
+            .status()
+            .context("cannot run cargo to build the peer")?;
+        anyhow::ensure!(built.success(), "building the peer failed");
+    }
+    let db = santa_postgres::fresh_database(postgres, "santa_peer")
+        .await
+        .context("--postgres")?;
+    let port = free_port()?;
+    let started = Instant::now();
+    let peer = Server {
+        child: Command::new(&suite.peer)
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(&db)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", suite.peer.display()))?,
+        url: format!("http://127.0.0.1:{port}"),
+        dir: None,
+    };
+    wait_ready(http, &peer.url, started).await?;
+    find_max(&peer.url, "/letters", 200, suite).await
 }
 
 async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow::Result<Embedded> {
@@ -689,6 +744,7 @@ fn write_report(
     suite: &SuiteConfig,
     e: &Embedded,
     scaled: Option<&ScaledOut>,
+    peer: Option<&FindMaxReport>,
 ) -> anyhow::Result<()> {
     let dir = suite.out.join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -699,6 +755,9 @@ fn write_report(
     ];
     if let Some(s) = scaled {
         curves.push(("durable POST /letters, JetStream + PostgreSQL", &s.durable));
+    }
+    if let Some(p) = peer {
+        curves.push(("peer: cqrs-es + postgres-es", p));
     }
     crate::plots::latency_against_load(&dir.join("latency-vs-load.svg"), &curves)?;
     let mut spikes = vec![("embedded", &e.spike)];
@@ -744,6 +803,7 @@ fn write_report(
                 "analytics": {"events": e.rebuild_analytics.0, "per_s": e.rebuild_analytics.1},
             },
         },
+        "peer": peer.map(curve_json),
         "scaled_out": scaled.map(|s| json!({
             "startup_ms": s.startup_ms,
             "idle_rss_mb": s.idle_rss_mb,
@@ -756,7 +816,7 @@ fn write_report(
         dir.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let markdown = render(suite, e, scaled);
+    let markdown = render(suite, e, scaled, peer);
     let path = suite.out.join("BENCHMARKS.md");
     std::fs::write(&path, markdown).with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!("wrote {} and {}", path.display(), dir.display());
@@ -787,7 +847,12 @@ fn curve_table(out: &mut String, title: &str, report: &FindMaxReport) {
     }
 }
 
-fn render(suite: &SuiteConfig, e: &Embedded, scaled: Option<&ScaledOut>) -> String {
+fn render(
+    suite: &SuiteConfig,
+    e: &Embedded,
+    scaled: Option<&ScaledOut>,
+    peer: Option<&FindMaxReport>,
+) -> String {
     let mut out = String::new();
     let ceiling = max_rate(&e.ceiling);
     let durable = max_rate(&e.durable);
@@ -856,11 +921,24 @@ fn render(suite: &SuiteConfig, e: &Embedded, scaled: Option<&ScaledOut>) -> Stri
             ),
             crud_ratio >= 5.0,
         ),
-        (
-            "≥ 10× the peer's command throughput (cqrs-es + postgres-es)".into(),
-            "not measured yet: the peer is not in the suite".into(),
-            false,
-        ),
+        match (peer, scaled) {
+            (Some(p), Some(s)) => {
+                let (ours, theirs) = (max_rate(&s.durable), max_rate(p));
+                let times = f64::from(ours) / f64::from(theirs.max(1));
+                (
+                    "≥ 10× the peer's command throughput on the same PostgreSQL".into(),
+                    format!(
+                        "JetStream + PostgreSQL {ours}/s, cqrs-es + postgres-es {theirs}/s ({times:.1}×)"
+                    ),
+                    times >= 10.0,
+                )
+            }
+            _ => (
+                "≥ 10× the peer's command throughput on the same PostgreSQL".into(),
+                "not measured in this run (needs `--nats` and `--postgres`)".into(),
+                false,
+            ),
+        },
         (
             "ready ≤ 50 ms".into(),
             format!("{startup:.1} ms (median of {})", e.startup_ms.len()),
@@ -920,6 +998,13 @@ fn render(suite: &SuiteConfig, e: &Embedded, scaled: Option<&ScaledOut>) -> Stri
             &mut out,
             "Durable command path, JetStream + PostgreSQL",
             &s.durable,
+        );
+    }
+    if let Some(p) = peer {
+        curve_table(
+            &mut out,
+            "Peer: the same letter command on cqrs-es + postgres-es (`benches/peer`), its views updated inside the command",
+            p,
         );
     }
 
@@ -1128,10 +1213,11 @@ mod tests {
             quick: false,
             nats: None,
             postgres: None,
+            peer: PathBuf::from("benches/peer/target/release/santa-peer"),
             p99_bound: Duration::from_millis(50),
             command: "santa bench-suite".into(),
         };
-        write_report(&suite, &e, None).unwrap();
+        write_report(&suite, &e, None, None).unwrap();
         let markdown = std::fs::read_to_string(out.join("BENCHMARKS.md")).unwrap();
         let row = |start: &str| {
             markdown
