@@ -86,6 +86,16 @@ pub trait EventLog: Send + Sync + Debug + 'static {
         Ok(lasts)
     }
 
+    /// A stream's events and the newest event of each of `context`: what a command
+    /// decides on. Logs that can read both in one round trip override it.
+    async fn read_for_decision(
+        &self,
+        stream: &str,
+        context: &[String],
+    ) -> Result<(Vec<RecordedEvent>, Vec<Option<RecordedEvent>>), LogError> {
+        tokio::try_join!(self.read_stream(stream), self.read_lasts(context))
+    }
+
     /// Up to `limit` events after `after`, in position order.
     async fn read_all(&self, after: Position, limit: usize)
     -> Result<Vec<RecordedEvent>, LogError>;

@@ -92,6 +92,21 @@ impl SqliteEventLog {
     }
 }
 
+fn stream_events(conn: &Connection, stream: &str) -> rusqlite::Result<Vec<RecordedEvent>> {
+    let mut stmt = conn.prepare_cached(&format!("{SELECT} WHERE stream = ?1 ORDER BY version"))?;
+    stmt.query_map([stream], row_to_event)?.collect()
+}
+
+fn lasts(conn: &Connection, streams: &[String]) -> rusqlite::Result<Vec<Option<RecordedEvent>>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{SELECT} WHERE stream = ?1 ORDER BY version DESC LIMIT 1"
+    ))?;
+    streams
+        .iter()
+        .map(|stream| stmt.query_row([stream], row_to_event).optional())
+        .collect()
+}
+
 #[async_trait]
 impl EventLog for SqliteEventLog {
     async fn append(
@@ -121,11 +136,7 @@ impl EventLog for SqliteEventLog {
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, LogError> {
         let stream = stream.to_owned();
         self.db
-            .read(move |conn| {
-                let mut stmt =
-                    conn.prepare_cached(&format!("{SELECT} WHERE stream = ?1 ORDER BY version"))?;
-                stmt.query_map([stream], row_to_event)?.collect()
-            })
+            .read(move |conn| stream_events(conn, &stream))
             .await
             .map_err(|e| LogError::Unavailable(e.to_string()))
     }
@@ -133,14 +144,26 @@ impl EventLog for SqliteEventLog {
     async fn read_lasts(&self, streams: &[String]) -> Result<Vec<Option<RecordedEvent>>, LogError> {
         let streams = streams.to_vec();
         self.db
+            .read(move |conn| lasts(conn, &streams))
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))
+    }
+
+    /// Both reads on one connection in one trip to the blocking pool: a command's reads
+    /// cost one thread hand-off, not two.
+    async fn read_for_decision(
+        &self,
+        stream: &str,
+        context: &[String],
+    ) -> Result<(Vec<RecordedEvent>, Vec<Option<RecordedEvent>>), LogError> {
+        let (stream, context) = (stream.to_owned(), context.to_vec());
+        self.db
             .read(move |conn| {
-                let mut stmt = conn.prepare_cached(&format!(
-                    "{SELECT} WHERE stream = ?1 ORDER BY version DESC LIMIT 1"
-                ))?;
-                streams
-                    .iter()
-                    .map(|stream| stmt.query_row([stream], row_to_event).optional())
-                    .collect()
+                let tx = conn.unchecked_transaction()?;
+                let events = stream_events(&tx, &stream)?;
+                let lasts = lasts(&tx, &context)?;
+                tx.finish()?;
+                Ok((events, lasts))
             })
             .await
             .map_err(|e| LogError::Unavailable(e.to_string()))

@@ -125,9 +125,8 @@ impl CommandService {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            // One round trip for both where the log allows (and they run concurrently).
-            let (recorded, context) =
-                tokio::try_join!(self.log.read_stream(stream), self.log.read_lasts(context))?;
+            // One round trip for both where the log allows.
+            let (recorded, context) = self.log.read_for_decision(stream, context).await?;
             let recorded = recorded.as_slice();
             let context = context.as_slice();
             let version = recorded.last().map_or(0, |e| e.version);
