@@ -24,7 +24,7 @@ pub(crate) enum Durability {
 /// commits (which clients wait on) from queueing behind a large one of any database on
 /// the same disk: at 4,000 pages, p99 acknowledgement at 1,000–4,000 letters/s was
 /// 9–11 ms; at 250, 2.6–4.7 ms.
-const WAL_AUTOCHECKPOINT: u32 = 250;
+pub(crate) const WAL_AUTOCHECKPOINT: u32 = 250;
 
 /// Opens a connection with the project's pragmas and brings the schema up to date.
 pub(crate) fn open(

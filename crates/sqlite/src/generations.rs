@@ -21,6 +21,10 @@ use tokio::sync::OwnedRwLockWriteGuard;
 use crate::OpenError;
 use crate::db::{Db, Durability};
 
+/// How a rebuild's writer copies the WAL back while replaying (see `db::WAL_AUTOCHECKPOINT`
+/// for the live setting it gets back at the switch).
+const REBUILD_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 16000";
+
 /// The database of one read store, generation after generation.
 #[derive(Debug, Clone)]
 pub(crate) struct Generations {
@@ -122,7 +126,14 @@ impl Generations {
         let db = tokio::task::spawn_blocking(move || {
             let path = file(&dir, stem, generation);
             remove_database(&path);
-            Db::open(&path, Durability::Normal, migrations)
+            let db = Db::open(&path, Durability::Normal, migrations)?;
+            // Nobody waits on a rebuild's commits: copy the WAL back in large runs.
+            db.with_writer(|conn| conn.execute_batch(REBUILD_AUTOCHECKPOINT))
+                .map_err(|source| OpenError::Sqlite {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            Ok::<_, OpenError>(db)
         })
         .await
         .map_err(|e| ProjectionError::Store(format!("store task failed: {e}")))?
@@ -150,6 +161,13 @@ impl Generations {
     /// Makes `generation` (held by `db`) the one in use: the pointer file first, so that a
     /// crash after it restarts on the new file, then the connections.
     fn install(&self, generation: u64, db: Db) -> std::io::Result<()> {
+        db.with_writer(|conn| {
+            conn.execute_batch(&format!(
+                "PRAGMA wal_autocheckpoint = {}",
+                crate::db::WAL_AUTOCHECKPOINT
+            ))
+        })
+        .map_err(std::io::Error::other)?;
         let dir = &self.inner.dir;
         let pointer = dir.join(format!("{}.current", self.inner.stem));
         let staged = dir.join(format!("{}.current.new", self.inner.stem));

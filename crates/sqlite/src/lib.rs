@@ -17,7 +17,7 @@ pub use analytics::SqliteAnalyticsStore;
 pub use dead_letters::SqliteDeadLetters;
 pub use event_log::{SqliteEventLog, SqliteLogOptions};
 pub use idempotency::SqliteIdempotencyStore;
-pub use kv::SqliteKvStore;
+pub use kv::{SqliteKvStore, letters_write_ceiling};
 
 /// Failure to open or migrate a database.
 #[derive(Debug, thiserror::Error)]

@@ -248,3 +248,17 @@ mod projections {
         assert!(kv.get("LETTER#during-3", "#META").await.unwrap().is_some());
     }
 }
+
+#[test]
+fn the_write_ceiling_writes_what_the_letters_projection_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rate = santa_sqlite::letters_write_ceiling(dir.path(), 12_000).unwrap();
+    assert!(rate > 0.0);
+    let conn = rusqlite::Connection::open(dir.path().join("read.db")).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT COUNT(*) FROM items"), 12_000 * 3 + 2);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM items WHERE gsi1pk = 'TOY#bench-kite'"),
+        12_000
+    );
+}
