@@ -26,6 +26,9 @@ pub(crate) enum Durability {
 /// 9–11 ms; at 250, 2.6–4.7 ms.
 pub(crate) const WAL_AUTOCHECKPOINT: u32 = 250;
 
+/// The writer connection's page cache (16 MB).
+const WRITER_CACHE: &str = "PRAGMA cache_size = -16000";
+
 /// Opens a connection with the project's pragmas and brings the schema up to date.
 pub(crate) fn open(
     path: &Path,
@@ -46,7 +49,7 @@ pub(crate) fn open(
     };
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 10000;
-         PRAGMA foreign_keys = ON; PRAGMA cache_size = -32000; PRAGMA mmap_size = 268435456;
+         PRAGMA foreign_keys = ON; PRAGMA cache_size = -4000; PRAGMA mmap_size = 268435456;
          PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT};"
     ))
     .map_err(fail)?;
@@ -89,6 +92,16 @@ impl Db {
         migrations: &[&str],
     ) -> Result<Self, OpenError> {
         let writer = open(path, durability, migrations)?;
+        // Readers go through the memory map and keep small caches (4 MB each); the writer
+        // keeps the b-tree pages it modifies over and over (16 MB). With 32 MB for every
+        // connection, resident memory reached 450 MB in the benchmark suite; like this,
+        // 70-95 MB at 4,000-9,000 letters/s, and a letters rebuild runs faster.
+        writer
+            .execute_batch(WRITER_CACHE)
+            .map_err(|source| OpenError::Sqlite {
+                path: path.display().to_string(),
+                source,
+            })?;
         let readers = (0..READERS)
             .map(|_| open(path, durability, migrations).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
