@@ -224,15 +224,25 @@ fn max_rate(report: &FindMaxReport) -> u32 {
     report.max_sustained().map_or(100, |s| s.rate)
 }
 
-async fn steady(
-    url: &str,
-    path: &str,
+/// A fixed-rate run: where, how fast, for how long, in what shape, following the lag of
+/// every `lag_every`-th letter.
+#[derive(Debug, Clone, Copy)]
+struct Run<'a> {
+    path: &'a str,
     rate: u32,
     duration: Duration,
     scenario: Scenario,
     lag_every: u32,
-    suite: &SuiteConfig,
-) -> anyhow::Result<BenchReport> {
+}
+
+async fn steady(url: &str, run: Run<'_>, suite: &SuiteConfig) -> anyhow::Result<BenchReport> {
+    let Run {
+        path,
+        rate,
+        duration,
+        scenario,
+        lag_every,
+    } = run;
     eprintln!("== {scenario:?} at {rate}/s for {duration:?} on {path} at {url}");
     let report = bench::run(BenchConfig {
         duration,
@@ -243,6 +253,18 @@ async fn steady(
     .await?;
     eprintln!("{report}");
     Ok(report)
+}
+
+/// `run` on a fresh seeded embedded server of its own, which is handed back.
+async fn on_fresh_server(
+    http: &reqwest::Client,
+    suite: &SuiteConfig,
+    tag: &str,
+    run: Run<'_>,
+) -> anyhow::Result<(Server, BenchReport)> {
+    let (server, _) = seeded(http, tag).await?;
+    let report = steady(&server.url, run, suite).await?;
+    Ok((server, report))
 }
 
 /// Rebuilds `name` through `url`; returns (events, events per second).
@@ -467,26 +489,30 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
     let crud_max = max_rate(&crud);
 
     let equal = suite.run(15);
-    let (server, _) = seeded(http, "equal").await?;
-    let durable_at_crud = steady(
-        &server.url,
-        "/letters",
-        crud_max,
-        equal,
-        Scenario::Steady,
-        0,
+    let (_, durable_at_crud) = on_fresh_server(
+        http,
         suite,
+        "equal",
+        Run {
+            path: "/letters",
+            rate: crud_max,
+            duration: equal,
+            scenario: Scenario::Steady,
+            lag_every: 0,
+        },
     )
     .await?;
-    let (server, _) = seeded(http, "crud-equal").await?;
-    let crud_at_crud = steady(
-        &server.url,
-        "/bench/crud",
-        crud_max,
-        equal,
-        Scenario::Steady,
-        0,
+    let (_, crud_at_crud) = on_fresh_server(
+        http,
         suite,
+        "crud-equal",
+        Run {
+            path: "/bench/crud",
+            rate: crud_max,
+            duration: equal,
+            scenario: Scenario::Steady,
+            lag_every: 0,
+        },
     )
     .await?;
 
@@ -496,46 +522,54 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
         &server,
         steady(
             &server.url,
-            "/letters",
-            half_rate,
-            suite.run(20),
-            Scenario::Steady,
-            10,
+            Run {
+                path: "/letters",
+                rate: half_rate,
+                duration: suite.run(20),
+                scenario: Scenario::Steady,
+                lag_every: 10,
+            },
             suite,
         ),
     )
     .await?;
-    let (server, _) = seeded(http, "mixed").await?;
-    let mixed = steady(
-        &server.url,
-        "/letters",
-        half_rate,
-        suite.run(20),
-        Scenario::Mixed,
-        0,
+    let (_, mixed) = on_fresh_server(
+        http,
         suite,
+        "mixed",
+        Run {
+            path: "/letters",
+            rate: half_rate,
+            duration: suite.run(20),
+            scenario: Scenario::Mixed,
+            lag_every: 0,
+        },
     )
     .await?;
-    let (server, _) = seeded(http, "spike").await?;
-    let spike = steady(
-        &server.url,
-        "/letters",
-        (durable_max / 6).max(1),
-        suite.run(30),
-        Scenario::Spike,
-        10,
+    let (_, spike) = on_fresh_server(
+        http,
         suite,
+        "spike",
+        Run {
+            path: "/letters",
+            rate: (durable_max / 6).max(1),
+            duration: suite.run(30),
+            scenario: Scenario::Spike,
+            lag_every: 10,
+        },
     )
     .await?;
-    let (server, _) = seeded(http, "max").await?;
-    let at_max = steady(
-        &server.url,
-        "/letters",
-        durable_max,
-        suite.run(60),
-        Scenario::Steady,
-        20,
+    let (server, at_max) = on_fresh_server(
+        http,
         suite,
+        "max",
+        Run {
+            path: "/letters",
+            rate: durable_max,
+            duration: suite.run(60),
+            scenario: Scenario::Steady,
+            lag_every: 20,
+        },
     )
     .await?;
     let drain_after_max = drained(http, &server.url, Duration::from_secs(300)).await?;
@@ -547,11 +581,15 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
     let load_rate = (durable_max * 7 / 10).max(1);
     let load = steady(
         &url,
-        "/letters",
-        load_rate,
-        Duration::from_secs_f64((suite.letters as f64 / f64::from(load_rate)).max(1.0)),
-        Scenario::Steady,
-        0,
+        Run {
+            path: "/letters",
+            rate: load_rate,
+            duration: Duration::from_secs_f64(
+                (suite.letters as f64 / f64::from(load_rate)).max(1.0),
+            ),
+            scenario: Scenario::Steady,
+            lag_every: 0,
+        },
         suite,
     )
     .await?;
@@ -657,22 +695,26 @@ async fn measure_scaled_out(
     let max = max_rate(&durable);
     let half = steady(
         &url,
-        "/letters",
-        (max / 2).max(1),
-        suite.run(20),
-        Scenario::Steady,
-        10,
+        Run {
+            path: "/letters",
+            rate: (max / 2).max(1),
+            duration: suite.run(20),
+            scenario: Scenario::Steady,
+            lag_every: 10,
+        },
         suite,
     )
     .await?;
     drained(http, &url, Duration::from_secs(120)).await?;
     let spike = steady(
         &url,
-        "/letters",
-        (max / 6).max(1),
-        suite.run(30),
-        Scenario::Spike,
-        10,
+        Run {
+            path: "/letters",
+            rate: (max / 6).max(1),
+            duration: suite.run(30),
+            scenario: Scenario::Spike,
+            lag_every: 10,
+        },
         suite,
     )
     .await?;
