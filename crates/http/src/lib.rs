@@ -32,6 +32,13 @@ pub use openapi::openapi_json;
 pub use problem::{ApiError, Problem};
 pub use rebuilds::Rebuilds;
 
+/// Milliseconds since the Unix epoch, UTC (0 if the clock is before it).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Everything the handlers need.
 #[derive(Debug, Clone)]
 pub struct AppState {

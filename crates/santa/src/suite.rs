@@ -97,6 +97,18 @@ impl Server {
     }
 }
 
+/// Starts `program` with `args`, its output discarded, logging warnings only.
+fn spawn_quiet(program: &std::path::Path, args: &[String]) -> anyhow::Result<Child> {
+    Command::new(program)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", program.display()))
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -120,15 +132,9 @@ async fn start(
     let port = free_port()?;
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let started = Instant::now();
-    let child = Command::new(exe)
-        .args(args)
-        .arg(format!("--addr=127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start a server")?;
+    let mut args = args.to_vec();
+    args.push(format!("--addr=127.0.0.1:{port}"));
+    let child = spawn_quiet(&exe, &args)?;
     let server = Server {
         child,
         url: format!("http://127.0.0.1:{port}"),
@@ -449,14 +455,7 @@ async fn measure_peer(
     let port = free_port()?;
     let started = Instant::now();
     let peer = Server {
-        child: Command::new(&suite.peer)
-            .arg(format!("127.0.0.1:{port}"))
-            .arg(&db)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {}", suite.peer.display()))?,
+        child: spawn_quiet(&suite.peer, &[format!("127.0.0.1:{port}"), db])?,
         url: format!("http://127.0.0.1:{port}"),
         dir: None,
     };
@@ -668,19 +667,12 @@ async fn measure_scaled_out(
         format!("--analytics={db}"),
         format!("--nats-stream={stream}"),
     ];
-    let projector_port = free_port()?;
     let mut projector_args = vec!["projector".to_owned()];
     projector_args.extend(backends.clone());
-    let exe = std::env::current_exe()?;
     let projector = Server {
-        child: Command::new(&exe)
-            .args(&projector_args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-        url: format!("http://127.0.0.1:{projector_port}"),
+        child: spawn_quiet(&std::env::current_exe()?, &projector_args)?,
+        // A projector serves no HTTP.
+        url: String::new(),
         dir: None,
     };
     let mut api_args = vec!["api".to_owned(), "--bench-endpoints".to_owned()];

@@ -5,8 +5,6 @@
 //! - `POST /bench/crud`: the same letter decided against the read store and written into
 //!   both read stores inside the request, with no event log: synchronous CRUD.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -41,9 +39,7 @@ pub(crate) async fn crud(
         .iter()
         .map(|view| view.projection.clone())
         .collect();
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = crate::now_ms();
     submit_letter_synchronously(&state.letters, &projections, cmd, now_ms)
         .await
         .map_err(|error| match error {

@@ -1,7 +1,5 @@
 //! Operations: health, readiness, metrics, the OpenAPI document, projection status, seed.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -73,9 +71,7 @@ async fn projection_report(state: &AppState) -> Result<ProjectionsResponse, ApiE
         .list(None)
         .await
         .map_err(ApiError::projection)?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = crate::now_ms();
     let mut projections = Vec::new();
     for view in state.projections.iter() {
         let mut partitions = Vec::with_capacity(heads.len());
@@ -169,9 +165,7 @@ pub(crate) async fn rebuild(
             }
             other => ApiError::projection(other),
         })?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = crate::now_ms();
     let mut response = (
         StatusCode::ACCEPTED,
         Json(RebuildResponse::new(name, &started, now_ms)),
