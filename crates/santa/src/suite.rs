@@ -59,6 +59,8 @@ struct Server {
     child: Child,
     url: String,
     dir: Option<PathBuf>,
+    /// Where its warnings and errors go.
+    log: PathBuf,
 }
 
 impl Drop for Server {
@@ -68,10 +70,44 @@ impl Drop for Server {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
 impl Server {
+    /// Starts `program` with `args`; `url` is where it serves HTTP, if it does.
+    fn spawn(
+        program: &std::path::Path,
+        args: &[String],
+        url: String,
+        dir: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let (child, log) = spawn_quiet(program, args)?;
+        Ok(Self {
+            child,
+            url,
+            dir,
+            log,
+        })
+    }
+
+    /// Waits until it answers `/readyz`; on failure, says whether it exited and what it
+    /// logged.
+    async fn ready(&mut self, http: &reqwest::Client, since: Instant) -> anyhow::Result<Duration> {
+        match wait_ready(http, &self.url, since).await {
+            Ok(ready) => Ok(ready),
+            Err(error) => {
+                let exited = self.child.try_wait().ok().flatten();
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                Err(error.context(format!(
+                    "exit status: {exited:?}; its last log lines: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                )))
+            }
+        }
+    }
+
     /// Resident memory, from `/proc`.
     fn rss_mb(&self) -> Option<f64> {
         self.memory_mb("VmRSS:")
@@ -97,16 +133,21 @@ impl Server {
     }
 }
 
-/// Starts `program` with `args`, its output discarded, logging warnings only.
-fn spawn_quiet(program: &std::path::Path, args: &[String]) -> anyhow::Result<Child> {
-    Command::new(program)
+/// Starts `program` with `args`, logging warnings and errors to a file of its own
+/// (returned) and nothing to the terminal.
+fn spawn_quiet(program: &std::path::Path, args: &[String]) -> anyhow::Result<(Child, PathBuf)> {
+    let log = scratch_dir("log").with_extension("log");
+    let stderr =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let child = Command::new(program)
         .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
-        .with_context(|| format!("cannot start {}", program.display()))
+        .with_context(|| format!("cannot start {}", program.display()))?;
+    Ok((child, log))
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -134,13 +175,8 @@ async fn start(
     let started = Instant::now();
     let mut args = args.to_vec();
     args.push(format!("--addr=127.0.0.1:{port}"));
-    let child = spawn_quiet(&exe, &args)?;
-    let server = Server {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        dir,
-    };
-    let ready = wait_ready(http, &server.url, started).await?;
+    let mut server = Server::spawn(&exe, &args, format!("http://127.0.0.1:{port}"), dir)?;
+    let ready = server.ready(http, started).await?;
     Ok((server, ready))
 }
 
@@ -454,12 +490,13 @@ async fn measure_peer(
         .context("--postgres")?;
     let port = free_port()?;
     let started = Instant::now();
-    let peer = Server {
-        child: spawn_quiet(&suite.peer, &[format!("127.0.0.1:{port}"), db])?,
-        url: format!("http://127.0.0.1:{port}"),
-        dir: None,
-    };
-    wait_ready(http, &peer.url, started).await?;
+    let mut peer = Server::spawn(
+        &suite.peer,
+        &[format!("127.0.0.1:{port}"), db],
+        format!("http://127.0.0.1:{port}"),
+        None,
+    )?;
+    peer.ready(http, started).await?;
     find_max(&peer.url, "/letters", 200, suite).await
 }
 
@@ -669,12 +706,13 @@ async fn measure_scaled_out(
     ];
     let mut projector_args = vec!["projector".to_owned()];
     projector_args.extend(backends.clone());
-    let projector = Server {
-        child: spawn_quiet(&std::env::current_exe()?, &projector_args)?,
-        // A projector serves no HTTP.
-        url: String::new(),
-        dir: None,
-    };
+    // A projector serves no HTTP.
+    let projector = Server::spawn(
+        &std::env::current_exe()?,
+        &projector_args,
+        String::new(),
+        None,
+    )?;
     let mut api_args = vec!["api".to_owned(), "--bench-endpoints".to_owned()];
     api_args.extend(backends);
     let (api, startup) = start(http, &api_args, None).await?;
