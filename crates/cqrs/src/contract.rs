@@ -138,6 +138,90 @@ pub async fn concurrent_appends_are_gap_free_and_race_safely(log: Arc<dyn EventL
     );
 }
 
+/// Deciders see the stream as it is when they append: racing deciders that each append
+/// one event while the stream holds fewer than ten never make it longer than ten, and
+/// versions stay gap-free; a refusal or a `Nothing` verdict writes nothing.
+pub async fn deciders_append_at_the_version_they_read(log: Arc<dyn EventLog>) {
+    use crate::{DecideError, Verdict};
+    let below_ten = || -> crate::Decider {
+        Box::new(|recorded, _| {
+            Ok(match recorded.last() {
+                Some(last) if recorded.len() >= 10 => Verdict::Nothing(last.position),
+                _ => Verdict::Append(vec![event("d")]),
+            })
+        })
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let (log, decide) = (log.clone(), below_ten());
+        tasks.spawn(async move { log.decide_and_append("decided", &[], decide).await });
+    }
+    let mut answered = 0;
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(_) => answered += 1,
+            // Lost the race more often than a log that checks versions retries: allowed.
+            Err(DecideError::Log(LogError::Conflict { .. })) => {}
+            Err(other) => panic!("unexpected decide error: {other}"),
+        }
+    }
+    assert!(answered >= 1, "some decider got an answer");
+    // Whoever lost every race: the stream fills up to ten, and no further.
+    for _ in 0..11 {
+        log.decide_and_append("decided", &[], below_ten())
+            .await
+            .unwrap();
+    }
+    let stream = log.read_stream("decided").await.unwrap();
+    let versions: Vec<u64> = stream.iter().map(|e| e.version).collect();
+    assert_eq!(
+        versions,
+        (1..=10).collect::<Vec<_>>(),
+        "ten events, gap-free"
+    );
+
+    let head = log.head().await.unwrap();
+    let refused = log
+        .decide_and_append(
+            "decided",
+            &[],
+            Box::new(|_, _| Err("no letters after Christmas".into())),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(DecideError::Refused(why)) if why.to_string() == "no letters after Christmas"),
+        "got {refused:?}"
+    );
+    // The context streams' newest events are what the decider sees.
+    log.append(
+        "context-a",
+        ExpectedVersion::Exactly(0),
+        vec![event("a1"), event("a2")],
+    )
+    .await
+    .unwrap();
+    let seen = log
+        .decide_and_append(
+            "decided-with-context",
+            &["context-a".to_owned(), "context-none".to_owned()],
+            Box::new(|_, context| {
+                let newest: Vec<Option<Vec<u8>>> = context
+                    .iter()
+                    .map(|e| e.as_ref().map(|e| e.data.clone()))
+                    .collect();
+                if newest == [Some(b"a2".to_vec()), None] {
+                    Ok(Verdict::Append(vec![event("saw a2")]))
+                } else {
+                    Err(format!("saw {newest:?}").into())
+                }
+            }),
+        )
+        .await;
+    assert!(seen.is_ok(), "got {seen:?}");
+    assert_eq!(log.read_stream("decided").await.unwrap().len(), 10);
+    assert_eq!(log.head().await.unwrap().get(), head.get() + 3);
+}
+
 /// A subscription replays history from any position, then delivers new events live.
 pub async fn subscriptions_catch_up_then_follow_live(log: Arc<dyn EventLog>) {
     let start = log.head().await.unwrap();

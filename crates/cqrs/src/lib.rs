@@ -19,8 +19,8 @@ mod runner;
 pub use dead_letters::{DeadLetter, DeadLetters, MemoryDeadLetters, Redriven, redrive};
 pub use lease::{Lease, Leases, LocalLeases};
 pub use log::{
-    EventLog, EventSource, ExpectedVersion, LogError, NewEvent, RecordedEvent, Subscription,
-    subscribe,
+    DecideError, Decider, EventLog, EventSource, ExpectedVersion, LogError, NewEvent,
+    RecordedEvent, Refusal, Subscription, Verdict, subscribe,
 };
 pub use position::{InvalidPosition, Position};
 pub use projection::{

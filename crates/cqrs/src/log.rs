@@ -61,6 +61,36 @@ pub enum LogError {
     Corrupt(String),
 }
 
+/// What a command chose after reading its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Append these events to the stream, at the version that was read.
+    Append(Vec<NewEvent>),
+    /// Append nothing (an idempotent repeat, say) and answer with this position.
+    Nothing(Position),
+}
+
+/// Why a command was refused: the decider's own error, handed back untouched.
+pub type Refusal = Box<dyn std::error::Error + Send + Sync>;
+
+/// Chooses a [`Verdict`] from a stream's events and the newest event of each context
+/// stream. It may run more than once (after losing a race) and on another thread.
+pub type Decider =
+    Box<dyn FnMut(&[RecordedEvent], &[Option<RecordedEvent>]) -> Result<Verdict, Refusal> + Send>;
+
+/// Why [`EventLog::decide_and_append`] appended nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Refused(Refusal),
+}
+
+/// How often the default [`EventLog::decide_and_append`] decides again after another
+/// writer got to the stream first.
+const MAX_ATTEMPTS: usize = 5;
+
 /// A durable, append-only log of events, partitioned into streams.
 #[async_trait]
 pub trait EventLog: Send + Sync + Debug + 'static {
@@ -94,6 +124,39 @@ pub trait EventLog: Send + Sync + Debug + 'static {
         context: &[String],
     ) -> Result<(Vec<RecordedEvent>, Vec<Option<RecordedEvent>>), LogError> {
         tokio::try_join!(self.read_stream(stream), self.read_lasts(context))
+    }
+
+    /// Reads `stream` (and the newest event of each `context` stream), lets `decide`
+    /// choose, and appends its events at the version read: the command pattern. Returns
+    /// the position of the appended events, or the one the verdict gave. By default it
+    /// reads, then appends with the version expected and decides again (up to five times)
+    /// when another writer got there first; logs with a single writer override it to
+    /// decide inside the write, where no other writer can come in between.
+    async fn decide_and_append(
+        &self,
+        stream: &str,
+        context: &[String],
+        mut decide: Decider,
+    ) -> Result<Position, DecideError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (recorded, context) = self.read_for_decision(stream, context).await?;
+            let version = recorded.last().map_or(0, |e| e.version);
+            match decide(&recorded, &context).map_err(DecideError::Refused)? {
+                Verdict::Nothing(position) => return Ok(position),
+                Verdict::Append(events) => {
+                    match self
+                        .append(stream, ExpectedVersion::Exactly(version), events)
+                        .await
+                    {
+                        Ok(position) => return Ok(position),
+                        Err(LogError::Conflict { .. }) if attempt < MAX_ATTEMPTS => {}
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+            }
+        }
     }
 
     /// Up to `limit` events after `after`, in position order.

@@ -115,3 +115,17 @@ impl EventLog for MemoryEventLog {
         self.head.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::MemoryEventLog;
+    use crate::contract;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_default_decide_and_append_appends_at_the_version_read() {
+        contract::deciders_append_at_the_version_they_read(Arc::new(MemoryEventLog::default()))
+            .await;
+    }
+}

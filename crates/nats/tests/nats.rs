@@ -64,6 +64,15 @@ async fn the_jetstream_log_is_gap_free_under_concurrent_appends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jetstream_log_decides_at_the_version_it_appends() {
+    let Some((log, _)) = log("decide", 1).await else {
+        return;
+    };
+    contract::deciders_append_at_the_version_they_read(log.clone()).await;
+    clean_up(log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_jetstream_log_serves_catch_up_then_live_subscriptions() {
     let Some((log, _)) = log("subscribe", 1).await else {
         return;

@@ -3,6 +3,8 @@
 //! Letters are sent at a fixed arrival rate whatever the server does, and each latency is
 //! measured from the moment the letter was *due*, not from when it was sent, so a slow
 //! server cannot hide its latency by slowing the client down (coordinated omission).
+//! Arrivals are dispatched by a thread of their own that sleeps until each is due (the
+//! report shows how far behind schedule dispatch ran).
 //! Every `lag_every`-th acknowledged letter is also polled until the read store serves
 //! it: the projection lag a client sees.
 //!
@@ -120,6 +122,9 @@ pub struct BenchReport {
     pub read_your_writes: Summary,
     /// Reads answered anything but 200.
     pub failed_reads: u64,
+    /// How late the generator dispatched arrivals behind their schedule (its own timer
+    /// tick and CPU share; the server cannot delay dispatch, the loop is open).
+    pub dispatch_lateness: Summary,
     /// The letters of this run are `<id_prefix><n>`, n from 1 to `offered`.
     pub id_prefix: String,
 }
@@ -140,6 +145,7 @@ struct Shared {
     reads: Mutex<Histogram<u64>>,
     read_your_writes: Mutex<Histogram<u64>>,
     failed_reads: Mutex<u64>,
+    dispatch_lateness: Mutex<Histogram<u64>>,
     /// Recently acknowledged letters, for the mixed scenario's reads.
     recent: Mutex<VecDeque<String>>,
     followers: Semaphore,
@@ -362,6 +368,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         reads: Mutex::new(histogram()?),
         read_your_writes: Mutex::new(histogram()?),
         failed_reads: Mutex::new(0),
+        dispatch_lateness: Mutex::new(histogram()?),
         recent: Mutex::default(),
         followers: Semaphore::new(LAG_FOLLOWERS),
         counts: Mutex::new((0, 0, 0)),
@@ -414,13 +421,66 @@ async fn offer(shared: &Arc<Shared>) -> anyhow::Result<BenchReport> {
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} letters sent {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let dispatcher = {
+        let (shared, id_prefix, bar) = (shared.clone(), id_prefix.clone(), bar.clone());
+        tokio::task::spawn_blocking(move || dispatch(&shared, &id_prefix, &bar))
+    };
+    let (mut tasks, offered, not_sent) = dispatcher.await.context("the dispatcher failed")?;
+    let start = shared.start;
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+    let (acknowledged, shed, failed) =
+        *shared.counts.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut lag_series = std::mem::take(
+        &mut *shared
+            .lag_series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    lag_series.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(BenchReport {
+        offered,
+        acknowledged,
+        shed,
+        failed,
+        not_sent,
+        elapsed,
+        latency: summary(&shared.latency),
+        lag: summary(&shared.lag),
+        lag_series,
+        reads: summary(&shared.reads),
+        read_your_writes: summary(&shared.read_your_writes),
+        failed_reads: *shared
+            .failed_reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+        dispatch_lateness: summary(&shared.dispatch_lateness),
+        id_prefix,
+    })
+}
+
+/// Dispatches the arrivals of `shared.config` at their due times, from a thread of its own
+/// (the OS timer wakes it within tens of microseconds; the runtime's timer has 1 ms ticks),
+/// onto the runtime; returns the requests in flight, how many were offered and how many
+/// were not sent because `max_in_flight` were already out.
+fn dispatch(
+    shared: &Arc<Shared>,
+    id_prefix: &str,
+    bar: &ProgressBar,
+) -> (tokio::task::JoinSet<()>, u64, u64) {
+    let config = &shared.config;
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let start = shared.start;
     let mut due = start;
     let (mut offered, mut not_sent) = (0_u64, 0_u64);
     while due < start + config.duration {
-        tokio::time::sleep_until(due).await;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        record(&shared.dispatch_lateness, due.elapsed());
         offered += 1;
         bar.inc(1);
         if offered.is_multiple_of(200) {
@@ -462,36 +522,7 @@ async fn offer(shared: &Arc<Shared>) -> anyhow::Result<BenchReport> {
         }
         due += Duration::from_secs_f64(1.0 / rate_at(config, due - start));
     }
-    while tasks.join_next().await.is_some() {}
-    let elapsed = start.elapsed();
-    bar.finish_and_clear();
-    let (acknowledged, shed, failed) =
-        *shared.counts.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut lag_series = std::mem::take(
-        &mut *shared
-            .lag_series
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-    );
-    lag_series.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Ok(BenchReport {
-        offered,
-        acknowledged,
-        shed,
-        failed,
-        not_sent,
-        elapsed,
-        latency: summary(&shared.latency),
-        lag: summary(&shared.lag),
-        lag_series,
-        reads: summary(&shared.reads),
-        read_your_writes: summary(&shared.read_your_writes),
-        failed_reads: *shared
-            .failed_reads
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-        id_prefix,
-    })
+    (tasks, offered, not_sent)
 }
 
 impl fmt::Display for Summary {
@@ -528,6 +559,7 @@ impl fmt::Display for BenchReport {
             "acknowledgement latency (from due time): {}",
             self.latency
         )?;
+        writeln!(f, "dispatch behind schedule: {}", self.dispatch_lateness)?;
         write!(f, "projection lag (202 until GET serves it): {}", self.lag)?;
         if self.reads.count > 0 || self.read_your_writes.count > 0 {
             write!(

@@ -1248,6 +1248,7 @@ mod tests {
             reads: latency,
             read_your_writes: latency,
             failed_reads: 0,
+            dispatch_lateness: latency,
             id_prefix: "bench-1-".into(),
         }
     }

@@ -47,9 +47,14 @@ pub(crate) fn open(
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
     };
+    // No memory map: a connection that finds the database changed by another one drops its
+    // map whole (munmap, and a TLB shootdown on every core) at its next read transaction,
+    // which with the log written thousands of times a second was 8 % of the server's CPU;
+    // reading pages with pread costs less. At 4,400 letters/s: 13.6 → 12.5 CPU-seconds per
+    // 10 s, p50 acknowledgement 2.0 → 1.3 ms.
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 10000;
-         PRAGMA foreign_keys = ON; PRAGMA cache_size = -4000; PRAGMA mmap_size = 268435456;
+         PRAGMA foreign_keys = ON; PRAGMA cache_size = -4000; PRAGMA mmap_size = 0;
          PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT};"
     ))
     .map_err(fail)?;

@@ -3,14 +3,20 @@
 //!
 //! Appends are queued to the writer thread, which takes every request waiting at that
 //! moment, writes them in one transaction and commits once (`synchronous=FULL`, so one
-//! fsync is shared by the whole group) before it answers any of them.
+//! fsync is shared by the whole group) before it answers any of them. Commands are
+//! decided on the writer thread too, inside the group's transaction
+//! ([`EventLog::decide_and_append`]): a command costs one hand-off to the writer and one
+//! back, and never loses an optimistic-concurrency race.
 
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use santa_cqrs::{EventLog, ExpectedVersion, LogError, NewEvent, Position, RecordedEvent};
+use santa_cqrs::{
+    DecideError, Decider, EventLog, ExpectedVersion, LogError, NewEvent, Position, RecordedEvent,
+    Verdict,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::OpenError;
@@ -55,12 +61,32 @@ pub struct SqliteEventLog {
     head: watch::Receiver<Position>,
 }
 
-#[derive(Debug)]
+/// A request to the writer thread.
 struct Append {
     stream: String,
-    expected: ExpectedVersion,
-    events: Vec<NewEvent>,
-    reply: oneshot::Sender<Result<Position, LogError>>,
+    job: Job,
+    reply: oneshot::Sender<Result<Position, DecideError>>,
+}
+
+enum Job {
+    /// Append these events if the stream is at the version expected.
+    Events {
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    },
+    /// Read the stream and its context inside the write transaction, decide, append.
+    Decide {
+        context: Vec<String>,
+        decide: Decider,
+    },
+}
+
+impl std::fmt::Debug for Append {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Append")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteEventLog {
@@ -92,6 +118,27 @@ impl SqliteEventLog {
     }
 }
 
+impl SqliteEventLog {
+    /// Queues `job` for the writer and waits for its answer.
+    async fn submit(&self, stream: &str, job: Job) -> Result<Position, DecideError> {
+        let (reply, answer) = oneshot::channel();
+        let append = Append {
+            stream: stream.to_owned(),
+            job,
+            reply,
+        };
+        self.appends.try_send(append).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => LogError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => {
+                LogError::Unavailable("the log writer has stopped".into())
+            }
+        })?;
+        answer
+            .await
+            .map_err(|_| LogError::Unavailable("the log writer stopped before answering".into()))?
+    }
+}
+
 fn stream_events(conn: &Connection, stream: &str) -> rusqlite::Result<Vec<RecordedEvent>> {
     let mut stmt = conn.prepare_cached(&format!("{SELECT} WHERE stream = ?1 ORDER BY version"))?;
     stmt.query_map([stream], row_to_event)?.collect()
@@ -115,22 +162,25 @@ impl EventLog for SqliteEventLog {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Position, LogError> {
-        let (reply, answer) = oneshot::channel();
-        let append = Append {
-            stream: stream.to_owned(),
-            expected,
-            events,
-            reply,
-        };
-        self.appends.try_send(append).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => LogError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => {
-                LogError::Unavailable("the log writer has stopped".into())
-            }
-        })?;
-        answer
-            .await
-            .map_err(|_| LogError::Unavailable("the log writer stopped before answering".into()))?
+        let job = Job::Events { expected, events };
+        self.submit(stream, job).await.map_err(|error| match error {
+            DecideError::Log(error) => error,
+            DecideError::Refused(refusal) => LogError::Unavailable(refusal.to_string()),
+        })
+    }
+
+    /// Decides inside the writer's transaction: the writer is the only one, so the stream
+    /// cannot move between the read and the append, and the command's reads cost no trip
+    /// to the blocking pool (nor a reader connection's cache, dropped whenever the log
+    /// changed).
+    async fn decide_and_append(
+        &self,
+        stream: &str,
+        context: &[String],
+        decide: Decider,
+    ) -> Result<Position, DecideError> {
+        let context = context.to_vec();
+        self.submit(stream, Job::Decide { context, decide }).await
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, LogError> {
@@ -233,7 +283,9 @@ impl Writer {
             }
             let started = Instant::now();
             let head = *self.head.borrow();
-            let outcome = self.db.with_writer(|conn| commit_group(conn, &group, head));
+            let outcome = self
+                .db
+                .with_writer(|conn| commit_group(conn, &mut group, head));
             match outcome {
                 Ok((results, new_head)) => {
                     self.head.send_replace(new_head);
@@ -247,7 +299,7 @@ impl Writer {
                     for append in group.drain(..) {
                         let _ = append
                             .reply
-                            .send(Err(LogError::Unavailable(error.to_string())));
+                            .send(Err(LogError::Unavailable(error.to_string()).into()));
                     }
                 }
             }
@@ -257,14 +309,15 @@ impl Writer {
 }
 
 /// Writes a group in one transaction. Each append is checked first (a repeat of known
-/// event ids, then its stream's version) and written only if it passes, so a refused
-/// append leaves no trace while the others commit. Returns each append's outcome and the
-/// new head.
+/// event ids, then its stream's version) and written only if it passes; each decision
+/// reads its stream as this transaction sees it (earlier appends of the group included),
+/// so a refused append or decision leaves no trace while the others commit. Returns each
+/// one's outcome and the new head.
 fn commit_group(
     conn: &mut Connection,
-    group: &[Append],
+    group: &mut [Append],
     head: Position,
-) -> rusqlite::Result<(Vec<Result<Position, LogError>>, Position)> {
+) -> rusqlite::Result<(Vec<Result<Position, DecideError>>, Position)> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -279,35 +332,12 @@ fn commit_group(
             "INSERT INTO events (position, stream, version, event_id, event_type, schema_version, recorded_at_ms, data)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        for append in group {
-            // Events whose ids are already in the log are a repeat: answer with the position
-            // they were given the first time and write nothing.
-            if let Some(last) = append.events.last()
-                && let Some(position) = known
-                    .query_row([&last.event_id], |r| r.get::<_, u64>(0))
-                    .optional()?
-            {
-                results.push(Ok(Position::new(position)));
-                continue;
-            }
-            let actual = version
-                .query_row([&append.stream], |r| r.get::<_, Option<u64>>(0))?
-                .unwrap_or(0);
-            if let ExpectedVersion::Exactly(expected) = append.expected
-                && expected != actual
-            {
-                results.push(Err(LogError::Conflict {
-                    stream: append.stream.clone(),
-                    expected,
-                    actual,
-                }));
-                continue;
-            }
-            for (i, event) in append.events.iter().enumerate() {
+        let mut write = |stream: &str, actual: u64, events: &[NewEvent]| {
+            for (i, event) in events.iter().enumerate() {
                 next += 1;
                 insert.execute(params![
                     next,
-                    append.stream,
+                    stream,
                     actual + 1 + i as u64,
                     event.event_id,
                     event.event_type,
@@ -316,7 +346,57 @@ fn commit_group(
                     event.data
                 ])?;
             }
-            results.push(Ok(Position::new(next)));
+            Ok::<_, rusqlite::Error>(Position::new(next))
+        };
+        for append in group.iter_mut() {
+            let stream = append.stream.as_str();
+            match &mut append.job {
+                Job::Events { expected, events } => {
+                    // Events whose ids are already in the log are a repeat: answer with the
+                    // position they were given the first time and write nothing.
+                    if let Some(last) = events.last()
+                        && let Some(position) = known
+                            .query_row([&last.event_id], |r| r.get::<_, u64>(0))
+                            .optional()?
+                    {
+                        results.push(Ok(Position::new(position)));
+                        continue;
+                    }
+                    let actual = version
+                        .query_row([stream], |r| r.get::<_, Option<u64>>(0))?
+                        .unwrap_or(0);
+                    if let ExpectedVersion::Exactly(expected) = *expected
+                        && expected != actual
+                    {
+                        results.push(Err(LogError::Conflict {
+                            stream: stream.to_owned(),
+                            expected,
+                            actual,
+                        }
+                        .into()));
+                        continue;
+                    }
+                    results.push(Ok(write(stream, actual, events)?));
+                }
+                Job::Decide { context, decide } => {
+                    let recorded = stream_events(&tx, stream)?;
+                    let context = lasts(&tx, context)?;
+                    let actual = recorded.last().map_or(0, |e| e.version);
+                    // A decider that panics refuses its own command, not the whole group.
+                    let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        decide(&recorded, &context)
+                    }));
+                    results.push(match verdict {
+                        Ok(Ok(Verdict::Append(events))) => Ok(write(stream, actual, &events)?),
+                        Ok(Ok(Verdict::Nothing(position))) => Ok(position),
+                        Ok(Err(refusal)) => Err(DecideError::Refused(refusal)),
+                        Err(_panic) => Err(LogError::Unavailable(
+                            "deciding the command failed unexpectedly".into(),
+                        )
+                        .into()),
+                    });
+                }
+            }
         }
     }
     tx.commit()?;

@@ -38,6 +38,12 @@ async fn the_sqlite_log_is_gap_free_under_concurrent_appends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_log_decides_at_the_version_it_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::deciders_append_at_the_version_they_read(log(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sqlite_log_serves_catch_up_then_live_subscriptions() {
     let dir = tempfile::tempdir().unwrap();
     contract::subscriptions_catch_up_then_follow_live(log(&dir)).await;

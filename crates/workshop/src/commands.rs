@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use santa_cqrs::{EventLog, ExpectedVersion, LogError, Position, RecordedEvent};
+use santa_cqrs::{
+    DecideError, Decider, EventLog, LogError, Position, RecordedEvent, Refusal, Verdict,
+};
 use santa_domain::{
     CancelLetter, Decision, DomainError, Event, LetterState, SubmitLetter, ToyState, UpsertToy,
 };
@@ -28,9 +30,6 @@ pub enum CommandError {
     Corrupt(#[from] DecodeError),
 }
 
-/// How often a command is decided again after losing an optimistic-concurrency race.
-const MAX_ATTEMPTS: usize = 5;
-
 /// A stream's decoded events with their positions.
 type History = Vec<(Position, Event)>;
 
@@ -52,7 +51,7 @@ impl CommandService {
     #[tracing::instrument(skip_all, fields(toy = %cmd.id))]
     pub async fn upsert_toy(&self, cmd: UpsertToy) -> Result<Accepted, CommandError> {
         let (id, stream) = (cmd.id.to_string(), cmd.stream());
-        self.decide_and_append(&stream, &[], id, |history, _| {
+        self.decide_and_append(&stream, &[], id, move |history, _| {
             let state = fold(ToyState::default(), ToyState::apply, &history);
             Ok((state.decide(cmd.clone()), history.last().map(|e| e.0)))
         })
@@ -68,7 +67,7 @@ impl CommandService {
             .iter()
             .map(|(toy, _)| format!("toy-{toy}"))
             .collect();
-        self.decide_and_append(&stream, &toy_streams, id, |history, toys| {
+        self.decide_and_append(&stream, &toy_streams, id, move |history, toys| {
             let state = fold(LetterState::default(), LetterState::apply, &history);
             let catalogue = toys
                 .iter()
@@ -89,7 +88,7 @@ impl CommandService {
     #[tracing::instrument(skip_all, fields(letter = %cmd.id))]
     pub async fn cancel_letter(&self, cmd: CancelLetter) -> Result<Accepted, CommandError> {
         let (id, stream) = (cmd.id.to_string(), cmd.stream());
-        self.decide_and_append(&stream, &[], id, |history, _| {
+        self.decide_and_append(&stream, &[], id, move |history, _| {
             let state = fold(LetterState::default(), LetterState::apply, &history);
             Ok((state.decide_cancel(cmd.clone())?, None))
         })
@@ -106,9 +105,9 @@ impl CommandService {
     }
 
     /// Loads `stream` (and, read-only, the newest event of each `context` stream), lets
-    /// `decide` choose, and appends at the loaded version; decides again when another
-    /// writer got there first. `decide` returns the decision and, for an idempotent
-    /// repeat, the position to acknowledge again.
+    /// `decide` choose, and appends at the loaded version, all through the log's
+    /// [`EventLog::decide_and_append`]. `decide` returns the decision and, for an
+    /// idempotent repeat, the position to acknowledge again.
     async fn decide_and_append<F>(
         &self,
         stream: &str,
@@ -118,43 +117,33 @@ impl CommandService {
     ) -> Result<Accepted, CommandError>
     where
         F: Fn(
-            History,
-            &[Option<RecordedEvent>],
-        ) -> Result<(Decision, Option<Position>), CommandError>,
+                History,
+                &[Option<RecordedEvent>],
+            ) -> Result<(Decision, Option<Position>), CommandError>
+            + Send
+            + 'static,
     {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            // One round trip for both where the log allows.
-            let (recorded, context) = self.log.read_for_decision(stream, context).await?;
-            let recorded = recorded.as_slice();
-            let context = context.as_slice();
-            let version = recorded.last().map_or(0, |e| e.version);
-            match decide(decode_all(recorded)?, context)? {
-                (Decision::Unchanged, repeat) => {
-                    let position = repeat
-                        .or(recorded.last().map(|e| e.position))
-                        .unwrap_or(Position::ZERO);
-                    return Ok(Accepted { id, position });
-                }
-                (Decision::Append(event), _) => {
-                    let appended = self
-                        .log
-                        .append(
-                            stream,
-                            ExpectedVersion::Exactly(version),
-                            vec![codec::encode(&event)],
-                        )
-                        .await;
-                    match appended {
-                        Ok(position) => {
-                            return Ok(Accepted { id, position });
-                        }
-                        Err(LogError::Conflict { .. }) if attempt < MAX_ATTEMPTS => continue,
-                        Err(error) => return Err(error.into()),
-                    }
-                }
-            }
+        let decider: Decider = Box::new(move |recorded, context| {
+            let verdict = decode_all(recorded)
+                .map_err(CommandError::from)
+                .and_then(|history| decide(history, context))
+                .map(|(decision, repeat)| match decision {
+                    Decision::Unchanged => Verdict::Nothing(
+                        repeat
+                            .or(recorded.last().map(|e| e.position))
+                            .unwrap_or(Position::ZERO),
+                    ),
+                    Decision::Append(event) => Verdict::Append(vec![codec::encode(&event)]),
+                });
+            verdict.map_err(|error| Box::new(error) as Refusal)
+        });
+        match self.log.decide_and_append(stream, context, decider).await {
+            Ok(position) => Ok(Accepted { id, position }),
+            Err(DecideError::Log(error)) => Err(error.into()),
+            Err(DecideError::Refused(refusal)) => Err(match refusal.downcast::<CommandError>() {
+                Ok(error) => *error,
+                Err(other) => CommandError::Log(LogError::Unavailable(other.to_string())),
+            }),
         }
     }
 }
