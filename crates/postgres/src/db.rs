@@ -42,8 +42,17 @@ impl std::fmt::Debug for Pg {
 impl Pg {
     /// A pool of at most `size` connections to `url` (`postgres://user@host:port/db`).
     pub async fn connect(url: &str, size: usize) -> Result<Self, OpenError> {
-        let config =
+        let mut config =
             tokio_postgres::Config::from_str(url).map_err(|e| OpenError::Url(e.to_string()))?;
+        // Read stores commit without waiting for their WAL flush, like the embedded ones
+        // (`synchronous=NORMAL`): a crash of the database server may lose the newest
+        // batches, always with their checkpoints, and the projector replays them from the
+        // log. Nothing acknowledged lives only here.
+        let options = match config.get_options() {
+            Some(given) => format!("{given} -c synchronous_commit=off"),
+            None => "-c synchronous_commit=off".to_owned(),
+        };
+        config.options(&options);
         let manager = Manager::from_config(
             config.clone(),
             NoTls,

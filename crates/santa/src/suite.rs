@@ -429,6 +429,38 @@ struct ScaledOut {
     durable: FindMaxReport,
     half: BenchReport,
     spike: BenchReport,
+    /// CPU time per acknowledged letter during the half-load run, per process, in µs.
+    cpu_per_letter_us: Vec<(&'static str, f64)>,
+}
+
+/// CPU time (user + system) used so far by these processes, in seconds; `/proc` counts
+/// it in the kernel's fixed USER_HZ of 100 ticks per second.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // The command name may hold spaces: fields are counted after its `)`.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let (user, system) = (fields.get(11)?, fields.get(12)?);
+            Some(user.parse::<f64>().ok()? + system.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / 100.0
+}
+
+/// The processes whose command name is `name` (every PostgreSQL backend, say).
+fn pids_named(name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .collect()
 }
 
 /// Runs everything and writes the report.
@@ -723,6 +755,14 @@ async fn measure_scaled_out(
     let durable = find_max(&url, "/letters", 500, suite).await?;
     drained(http, &url, Duration::from_secs(120)).await?;
     let max = max_rate(&durable);
+    // Where the CPU goes, per letter: what bounds this mode on this machine.
+    let watched: [(&'static str, Vec<u32>); 4] = [
+        ("santa api", vec![api.child.id()]),
+        ("santa projector", vec![projector.child.id()]),
+        ("NATS", pids_named("nats-server")),
+        ("PostgreSQL", pids_named("postgres")),
+    ];
+    let before: Vec<f64> = watched.iter().map(|(_, pids)| cpu_seconds(pids)).collect();
     let half = steady(
         &url,
         Run {
@@ -735,6 +775,14 @@ async fn measure_scaled_out(
         suite,
     )
     .await?;
+    let cpu_per_letter_us = watched
+        .iter()
+        .zip(before)
+        .map(|((name, pids), before)| {
+            let used = cpu_seconds(pids) - before;
+            (*name, used * 1e6 / (half.acknowledged.max(1) as f64))
+        })
+        .collect();
     drained(http, &url, Duration::from_secs(120)).await?;
     let spike = steady(
         &url,
@@ -761,6 +809,7 @@ async fn measure_scaled_out(
         durable,
         half,
         spike,
+        cpu_per_letter_us,
     })
 }
 
@@ -896,6 +945,7 @@ fn write_report(
             "durable": curve_json(&s.durable),
             "half_load": run_json(&s.half),
             "spike": run_json(&s.spike),
+            "cpu_per_letter_us": s.cpu_per_letter_us.iter().map(|(name, us)| json!({"process": name, "us": us})).collect::<Vec<_>>(),
         })),
     });
     std::fs::write(
@@ -1011,10 +1061,14 @@ fn render(
             (Some(p), Some(s)) => {
                 let (ours, theirs) = (max_rate(&s.durable), max_rate(p));
                 let times = f64::from(ours) / f64::from(theirs.max(1));
+                let per_letter: f64 = s.cpu_per_letter_us.iter().map(|(_, us)| us).sum();
+                let cores = per_letter * 1e-6 * 10.0 * f64::from(theirs);
                 (
                     "≥ 10× the peer's command throughput on the same PostgreSQL".into(),
                     format!(
-                        "JetStream + PostgreSQL {ours}/s, cqrs-es + postgres-es {theirs}/s ({times:.1}×)"
+                        "JetStream + PostgreSQL {ours}/s, cqrs-es + postgres-es {theirs}/s ({times:.1}×); \
+                         the scaled-out processes use {per_letter:.0} µs of CPU per letter, so 10× the \
+                         peer would need {cores:.1} cores, before the load generator"
                     ),
                     times >= 10.0,
                 )
@@ -1170,9 +1224,14 @@ fn render(
     if let Some(s) = scaled {
         let _ = writeln!(
             out,
-            "- Scaled-out `santa api`: ready in {:.1} ms, {:.1} MB idle.",
+            "- Scaled-out `santa api`: ready in {:.1} ms, {:.1} MB idle. CPU per letter at half load: {}.",
             s.startup_ms,
-            s.idle_rss_mb.unwrap_or(f64::NAN)
+            s.idle_rss_mb.unwrap_or(f64::NAN),
+            s.cpu_per_letter_us
+                .iter()
+                .map(|(name, us)| format!("{name} {us:.0} µs"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     } else {
         let _ = writeln!(
@@ -1224,6 +1283,27 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
     use super::*;
+
+    #[test]
+    fn cpu_time_is_read_from_proc_for_processes_found_by_name() {
+        let me = std::process::id();
+        let comm = std::fs::read_to_string(format!("/proc/{me}/comm")).unwrap();
+        assert!(pids_named(comm.trim_end()).contains(&me));
+        let start = cpu_seconds(&[me]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut spin = 0_u64;
+        while cpu_seconds(&[me]) <= start && std::time::Instant::now() < deadline {
+            spin = spin.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(
+            cpu_seconds(&[me]) > start,
+            "CPU time grows while spinning ({spin})"
+        );
+        assert!(
+            cpu_seconds(&[u32::MAX]).abs() < f64::EPSILON,
+            "no such process: none"
+        );
+    }
     use crate::bench::{Step, Summary};
 
     fn report(rate: u32, p99_ms: u64) -> BenchReport {
