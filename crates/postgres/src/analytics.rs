@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use deadpool_postgres::Transaction;
 use santa_cqrs::{Position, Progress, ProjectionError};
 use santa_workshop::analytics::{
     AnalyticsChange, AnalyticsStore, LetterRow, NAME, Totals, ToyDemand,
 };
 use santa_workshop::kv::StoreError;
 use santa_workshop::rebuild::StoreRebuild;
-use tokio_postgres::Transaction;
 
 use crate::rebuild::{in_schema, rebuild};
 
@@ -90,8 +90,8 @@ async fn apply_change(
             price_cents,
         } => {
             tx.execute(
-                &*sql("INSERT INTO santa_analytics.toys (id, name, price_cents) VALUES ($1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents"),
+                &tx.prepare_cached(&sql("INSERT INTO santa_analytics.toys (id, name, price_cents) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents")).await?,
                 &[id, name, price_cents],
             )
             .await?;
@@ -99,8 +99,8 @@ async fn apply_change(
         AnalyticsChange::InsertLetter(letter) => insert_letter(tx, schema, letter).await?,
         AnalyticsChange::CancelLetter { id, at_ms } => {
             tx.execute(
-                &*sql("UPDATE santa_analytics.letters SET status = 'cancelled', cancelled_at = to_timestamp($2::bigint / 1000.0)
-                 WHERE id = $1 AND status = 'submitted'"),
+                &tx.prepare_cached(&sql("UPDATE santa_analytics.letters SET status = 'cancelled', cancelled_at = to_timestamp($2::bigint / 1000.0)
+                 WHERE id = $1 AND status = 'submitted'")).await?,
                 &[id, at_ms],
             )
             .await?;
@@ -117,9 +117,9 @@ async fn insert_letter(
     let sql = |sql| in_schema(sql, SCHEMA, schema);
     let inserted = tx
         .execute(
-            &*sql("INSERT INTO santa_analytics.letters (id, child, country, total_cents, status, submitted_at)
+            &tx.prepare_cached(&sql("INSERT INTO santa_analytics.letters (id, child, country, total_cents, status, submitted_at)
              VALUES ($1, $2, $3, $4, 'submitted', to_timestamp($5::bigint / 1000.0))
-             ON CONFLICT (id) DO NOTHING"),
+             ON CONFLICT (id) DO NOTHING")).await?,
             &[&letter.id, &letter.child, &letter.country, &letter.total_cents, &letter.submitted_at_ms],
         )
         .await?;
@@ -134,8 +134,8 @@ async fn insert_letter(
         .collect();
     let prices: Vec<i64> = letter.lines.iter().map(|l| l.unit_price_cents).collect();
     tx.execute(
-        &*sql("INSERT INTO santa_analytics.letter_lines (letter_id, toy_id, quantity, unit_price_cents)
-         SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[])"),
+        &tx.prepare_cached(&sql("INSERT INTO santa_analytics.letter_lines (letter_id, toy_id, quantity, unit_price_cents)
+         SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[])")).await?,
         &[&letter.id, &toys, &quantities, &prices],
     )
     .await?;

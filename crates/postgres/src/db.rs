@@ -174,7 +174,7 @@ pub(crate) async fn read_checkpoint(
 /// Inside `tx`, for an advance: locks the checkpoint row, checks it is `expected`, and
 /// returns it (events at or below it are skipped). A re-drive takes no lock.
 pub(crate) async fn lock_checkpoint(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     schema: &str,
     projection: &str,
     progress: Progress,
@@ -189,17 +189,19 @@ pub(crate) async fn lock_checkpoint(
     };
     let part = i32::try_from(partition).unwrap_or(i32::MAX);
     tx.execute(
-        &format!(
+        &tx.prepare_cached(&format!(
             "INSERT INTO {schema}.checkpoints (projection, partition, position) VALUES ($1, $2, 0)
              ON CONFLICT (projection, partition) DO NOTHING"
-        ),
+        ))
+        .await
+        .map_err(projection_error)?,
         &[&projection, &part],
     )
     .await
     .map_err(projection_error)?;
     let row = tx
         .query_one(
-            &format!("SELECT position FROM {schema}.checkpoints WHERE projection = $1 AND partition = $2 FOR UPDATE"),
+            &tx.prepare_cached(&format!("SELECT position FROM {schema}.checkpoints WHERE projection = $1 AND partition = $2 FOR UPDATE")).await.map_err(projection_error)?,
             &[&projection, &part],
         )
         .await
@@ -231,7 +233,7 @@ pub(crate) async fn end_batch(
 }
 
 pub(crate) async fn write_checkpoint(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     schema: &str,
     projection: &str,
     partition: u32,
@@ -240,9 +242,11 @@ pub(crate) async fn write_checkpoint(
     let part = i32::try_from(partition).unwrap_or(i32::MAX);
     let position = i64::try_from(position.get()).unwrap_or(i64::MAX);
     tx.execute(
-        &format!(
+        &tx.prepare_cached(&format!(
             "UPDATE {schema}.checkpoints SET position = $3 WHERE projection = $1 AND partition = $2"
-        ),
+        ))
+        .await
+        .map_err(projection_error)?,
         &[&projection, &part, &position],
     )
     .await

@@ -93,18 +93,24 @@ impl KvStore for PgKvStore {
                 // partition): serialise read-modify-write per item across transactions.
                 // Locks are taken in hash order; a rare deadlock across fetch rounds is
                 // detected by PostgreSQL and the batch is retried.
-                tx.execute(
-                    "SELECT count(pg_advisory_xact_lock(7315, h)) FROM (
+                let lock = tx
+                    .prepare_cached(
+                        "SELECT count(pg_advisory_xact_lock(7315, h)) FROM (
                          SELECT DISTINCT hashtext(pk || '|' || sk) AS h
                          FROM UNNEST($1::text[], $2::text[]) AS k (pk, sk) ORDER BY h) AS ordered",
-                    &[&pks, &sks],
-                )
-                .await
-                .map_err(store_error)?;
-                let rows = tx
-                    .query(&*self.sql(&format!("{ITEM} WHERE (pk, sk) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))")), &[&pks, &sks])
+                    )
                     .await
                     .map_err(store_error)?;
+                tx.execute(&lock, &[&pks, &sks])
+                    .await
+                    .map_err(store_error)?;
+                let read = tx
+                    .prepare_cached(&self.sql(&format!(
+                        "{ITEM} WHERE (pk, sk) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"
+                    )))
+                    .await
+                    .map_err(store_error)?;
+                let rows = tx.query(&read, &[&pks, &sks]).await.map_err(store_error)?;
                 Ok(rows.iter().map(row_to_item).collect())
             }
         };
@@ -130,23 +136,25 @@ impl KvStore for PgKvStore {
             }
         }
         if !put.0.is_empty() {
-            tx.execute(
-                &*self.sql("INSERT INTO santa_kv.items (pk, sk, gsi1pk, gsi1sk, data)
+            let upsert = tx
+                .prepare_cached(&self.sql("INSERT INTO santa_kv.items (pk, sk, gsi1pk, gsi1sk, data)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
                  ON CONFLICT (pk, sk) DO UPDATE SET gsi1pk = excluded.gsi1pk, gsi1sk = excluded.gsi1sk,
-                 data = excluded.data"),
-                &[&put.0, &put.1, &put.2, &put.3, &put.4],
-            )
-            .await
-            .map_err(projection_error)?;
+                 data = excluded.data"))
+                .await
+                .map_err(projection_error)?;
+            tx.execute(&upsert, &[&put.0, &put.1, &put.2, &put.3, &put.4])
+                .await
+                .map_err(projection_error)?;
         }
         if !del_pk.is_empty() {
-            tx.execute(
-                &*self.sql("DELETE FROM santa_kv.items WHERE (pk, sk) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"),
-                &[&del_pk, &del_sk],
-            )
-            .await
-            .map_err(projection_error)?;
+            let delete = tx
+                .prepare_cached(&self.sql("DELETE FROM santa_kv.items WHERE (pk, sk) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"))
+                .await
+                .map_err(projection_error)?;
+            tx.execute(&delete, &[&del_pk, &del_sk])
+                .await
+                .map_err(projection_error)?;
         }
         end_batch(tx, self.schema, projection, progress).await
     }
