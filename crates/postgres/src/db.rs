@@ -48,9 +48,13 @@ impl Pg {
         // (`synchronous=NORMAL`): a crash of the database server may lose the newest
         // batches, always with their checkpoints, and the projector replays them from the
         // log. Nothing acknowledged lives only here.
+        // Statements are prepared once per connection but planned on every execution: a
+        // generic plan made while a table was small kept scanning it whole once it had
+        // grown (the key-value fetch read 45 million rows in a 20 s run at 2,000 letters/s).
+        const OPTIONS: &str = "-c synchronous_commit=off -c plan_cache_mode=force_custom_plan";
         let options = match config.get_options() {
-            Some(given) => format!("{given} -c synchronous_commit=off"),
-            None => "-c synchronous_commit=off".to_owned(),
+            Some(given) => format!("{given} {OPTIONS}"),
+            None => OPTIONS.to_owned(),
         };
         config.options(&options);
         let manager = Manager::from_config(
