@@ -554,6 +554,14 @@ impl fmt::Display for BenchReport {
             self.failed,
             self.not_sent
         )?;
+        if self.acknowledged > 0 {
+            writeln!(
+                f,
+                "letters sent: {p}1 to {p}{n} (read them with --read-ids {p}:{n})",
+                p = self.id_prefix,
+                n = self.offered
+            )?;
+        }
         writeln!(
             f,
             "acknowledgement latency (from due time): {}",

@@ -96,8 +96,23 @@ struct BenchArgs {
     /// find-max: how long each rate is offered; `--rate` is the first rate.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     step: Duration,
+    /// reads: letters to read, as `PREFIX:COUNT` (ids `PREFIX1` to `PREFIXCOUNT`, e.g. the
+    /// letters of an earlier run, whose report names them); `{id}` in `--path` is
+    /// replaced by one of them. May be given more than once.
+    #[arg(long = "read-ids", value_parser = parse_read_ids)]
+    read_ids: Vec<(String, u64)>,
     #[command(flatten)]
     remote: RemoteArgs,
+}
+
+fn parse_read_ids(value: &str) -> Result<(String, u64), String> {
+    let (prefix, count) = value
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{value}` is not PREFIX:COUNT"))?;
+    let count = count
+        .parse::<u64>()
+        .map_err(|e| format!("`{count}` is not a count: {e}"))?;
+    Ok((prefix.to_owned(), count))
 }
 
 #[derive(Debug, clap::Args)]
@@ -295,7 +310,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         progress: true,
         p99_bound: args.p99_bound,
         step: args.step,
-        read_ids: Vec::new(),
+        read_ids: args.read_ids,
     };
     if args.scenario == santa::bench::Scenario::FindMax {
         println!("{}", santa::bench::find_max(config).await?);
