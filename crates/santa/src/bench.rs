@@ -614,7 +614,7 @@ const STEP_GROWTH: f64 = 1.2;
 const MAX_STEPS: usize = 40;
 
 /// Whether a step's report keeps the bound.
-fn sustains(report: &BenchReport, rate: u32, p99_bound: Duration) -> bool {
+pub fn sustains(report: &BenchReport, rate: u32, p99_bound: Duration) -> bool {
     let bound_us = u64::try_from(p99_bound.as_micros()).unwrap_or(u64::MAX);
     report.not_sent == 0
         && report.shed == 0

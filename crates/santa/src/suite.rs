@@ -309,6 +309,51 @@ async fn on_fresh_server(
     Ok((server, report))
 }
 
+/// Runs a minute at find-max's highest rate on a fresh server, and a sixth lower each time
+/// it is not held (up to four tries): held means sustained as in find-max, with lag at
+/// most 5 s throughout and drained within 5 s after. Ten-second steps can find a rate the
+/// log takes while the projections fall further and further behind. Returns the rate
+/// held (or the last tried), its run and its drain time.
+async fn hold_highest_rate(
+    http: &reqwest::Client,
+    suite: &SuiteConfig,
+    found: u32,
+) -> anyhow::Result<(u32, BenchReport, Duration)> {
+    const LAG_BOUND: Duration = Duration::from_secs(5);
+    let mut rate = found;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let (server, report) = on_fresh_server(
+            http,
+            suite,
+            "max",
+            Run {
+                path: "/letters",
+                rate,
+                duration: suite.run(60),
+                scenario: Scenario::Steady,
+                lag_every: 20,
+            },
+        )
+        .await?;
+        let drain = drained(http, &server.url, Duration::from_secs(300)).await?;
+        let lag_bound_us = u64::try_from(LAG_BOUND.as_micros()).unwrap_or(u64::MAX);
+        let held = bench::sustains(&report, rate, suite.p99_bound)
+            && report.lag.max_us <= lag_bound_us
+            && drain <= LAG_BOUND;
+        eprintln!(
+            "   {rate}/s for {:.0} s: {}",
+            report.elapsed.as_secs_f64(),
+            if held { "held" } else { "not held" }
+        );
+        if held || tries == 4 || rate <= 1 {
+            return Ok((rate, report, drain));
+        }
+        rate = (rate * 5 / 6).max(1);
+    }
+}
+
 /// Rebuilds `name` through `url`; returns (events, events per second).
 async fn rebuild(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<(u64, f64)> {
     eprintln!("== rebuild {name}");
@@ -411,6 +456,8 @@ struct Embedded {
     load: Memory,
     mixed: BenchReport,
     spike: BenchReport,
+    /// The highest rate held for a whole run at it (see `hold_highest_rate`).
+    held_rate: u32,
     at_max: BenchReport,
     drain_after_max: Duration,
     loaded_letters: u64,
@@ -546,10 +593,14 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
 
     // Every run on a server of its own: no backlog, cache or allocator high-water mark
     // of one run leaks into the next.
+    // Each is stopped before the next starts: a server left running after find-max goes on
+    // projecting the backlog of its last steps beside the next measurement.
     let (server, _) = seeded(http, "ceiling").await?;
     let ceiling = find_max(&server.url, "/bench/ceiling", 2000, suite).await?;
+    drop(server);
     let (server, _) = seeded(http, "durable").await?;
     let durable = find_max(&server.url, "/letters", 1000, suite).await?;
+    drop(server);
     let (server, _) = seeded(http, "crud").await?;
     let crud = find_max(&server.url, "/bench/crud", 500, suite).await?;
     drop(server);
@@ -584,7 +635,8 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
     )
     .await?;
 
-    let half_rate = (durable_max / 2).max(1);
+    let (held_rate, at_max, drain_after_max) = hold_highest_rate(http, suite, durable_max).await?;
+    let half_rate = (held_rate / 2).max(1);
     let (server, _) = seeded(http, "half").await?;
     let (half, load_memory) = peak_rss(
         &server,
@@ -601,6 +653,7 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
         ),
     )
     .await?;
+    drop(server);
     let (_, mixed) = on_fresh_server(
         http,
         suite,
@@ -620,33 +673,19 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
         "spike",
         Run {
             path: "/letters",
-            rate: (durable_max / 6).max(1),
+            rate: (held_rate / 6).max(1),
             duration: suite.run(30),
             scenario: Scenario::Spike,
             lag_every: 10,
         },
     )
     .await?;
-    let (server, at_max) = on_fresh_server(
-        http,
-        suite,
-        "max",
-        Run {
-            path: "/letters",
-            rate: durable_max,
-            duration: suite.run(60),
-            scenario: Scenario::Steady,
-            lag_every: 20,
-        },
-    )
-    .await?;
-    let drain_after_max = drained(http, &server.url, Duration::from_secs(300)).await?;
 
     // Load `letters`, then queries and rebuilds at that size.
     let (server, _) = seeded(http, "size").await?;
     let url = server.url.clone();
     // Well below the highest rate, so every letter is acknowledged and every id exists.
-    let load_rate = (durable_max * 7 / 10).max(1);
+    let load_rate = (held_rate * 9 / 10).max(1);
     let load = steady(
         &url,
         Run {
@@ -680,7 +719,7 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
     let loaded_letters = loaded["head"].as_u64().unwrap_or(0);
     // Reads spread over every letter loaded: the whole key space, not the newest only.
     let written = vec![(load.id_prefix.clone(), load.offered)];
-    let read_rate = (durable_max / 2).max(100);
+    let read_rate = half_rate.max(100);
     let read_letter = bench::run(BenchConfig {
         duration: suite.run(15),
         scenario: Scenario::Reads,
@@ -718,6 +757,7 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
         load: load_memory,
         mixed,
         spike,
+        held_rate,
         at_max,
         drain_after_max,
         loaded_letters,
@@ -1039,7 +1079,13 @@ fn render(
         ),
         (
             "p99 acknowledgement ≤ 2 ms at half the highest sustained rate".into(),
-            format!("{:.2} ms at {}/s", bound(&e.half), (durable / 2).max(1)),
+            format!(
+                "{:.2} ms at {}/s (half of {}/s, the highest rate held through the {:.0} s run)",
+                bound(&e.half),
+                (e.held_rate / 2).max(1),
+                e.held_rate,
+                e.at_max.elapsed.as_secs_f64()
+            ),
             bound(&e.half) <= 2.0,
         ),
         (
@@ -1050,12 +1096,17 @@ fn render(
         (
             "at the highest rate, lag stays bounded and drains within 5 s".into(),
             format!(
-                "lag max {:.0} ms over {:.0} s; drained {:.2} s after the load",
-                ms(e.at_max.lag.max_us),
+                "{}/s for {:.0} s (find-max's 10 s steps reached {durable}/s): \
+                 {:.0}/s acknowledged, lag max {:.0} ms, drained {:.2} s after the load",
+                e.held_rate,
                 e.at_max.elapsed.as_secs_f64(),
+                e.at_max.throughput(),
+                ms(e.at_max.lag.max_us),
                 e.drain_after_max.as_secs_f64()
             ),
-            e.drain_after_max <= Duration::from_secs(5),
+            bench::sustains(&e.at_max, e.held_rate, suite.p99_bound)
+                && e.at_max.lag.max_us <= 5_000_000
+                && e.drain_after_max <= Duration::from_secs(5),
         ),
         (
             "≥ 5× lower p99 acknowledgement than synchronous CRUD at CRUD's highest rate".into(),
@@ -1163,13 +1214,21 @@ fn render(
         "| run | offered/s | acknowledged/s | ack p50 | ack p99 | ack p99.9 | lag p50 | lag p99 | lag max |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut fixed: Vec<(&str, u32, &BenchReport)> = vec![
-        ("half the highest rate", (durable / 2).max(1), &e.half),
+        (
+            "half the highest rate held",
+            (e.held_rate / 2).max(1),
+            &e.half,
+        ),
         (
             "spike: ⅙ of it, 5× in the middle third",
-            (durable / 6).max(1),
+            (e.held_rate / 6).max(1),
             &e.spike,
         ),
-        ("the highest rate", durable, &e.at_max),
+        (
+            "the highest rate held, for a minute",
+            e.held_rate,
+            &e.at_max,
+        ),
         ("CQRS at CRUD's highest rate", crud, durable_at_crud),
         ("CRUD at its highest rate", crud, crud_at_crud),
     ];
@@ -1224,7 +1283,7 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "- Resident memory, embedded: {:.1} MB idle ({:.1} MB heap and stacks), {:.1} MB peak at half load ({:.1} MB heap and stacks; the rest is database pages SQLite maps, up to 256 MB per connection, which the kernel reclaims under pressure).",
+        "- Resident memory, embedded: {:.1} MB idle ({:.1} MB heap and stacks), {:.1} MB peak at half load ({:.1} MB heap and stacks; the rest is mapped files: the executable and its libraries).",
         e.idle.rss_mb.unwrap_or(f64::NAN),
         e.idle.anon_mb.unwrap_or(f64::NAN),
         e.load.rss_mb.unwrap_or(f64::NAN),
@@ -1379,6 +1438,7 @@ mod tests {
             },
             mixed: report(3_500, 2),
             spike: report(1_750, 5),
+            held_rate: 7_000,
             at_max: report(7_000, 9),
             drain_after_max: Duration::from_millis(300),
             loaded_letters: 1_000_000,
