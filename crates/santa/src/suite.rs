@@ -1264,7 +1264,7 @@ fn render(
     let _ = writeln!(
         out,
         "\n**Mixed** at {}/s (of every ten arrivals five letters, four reads, one letter read back with `?after=`): writes p99 {:.2} ms, reads p99 {:.2} ms, read-your-writes p99 {:.2} ms (after the 202), {} reads failed.",
-        (durable / 2).max(1),
+        (e.held_rate / 2).max(1),
         ms(e.mixed.latency.p99_us),
         ms(e.mixed.reads.p99_us),
         ms(e.mixed.read_your_writes.p99_us),
