@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{TestApp, letter, spawn_app_with};
+use crate::helpers::{TestApp, accepted, letter, spawn_app_with};
 
 const READ: &str = "reader-token-1";
 const WRITE: &str = "writer-token-1";
@@ -20,10 +20,9 @@ async fn secured() -> TestApp {
         app.put_toy("kite", 100).await.status(),
         StatusCode::ACCEPTED
     );
-    assert_eq!(
-        app.submit(&letter("l-1", &[("kite", 1)])).await.status(),
-        StatusCode::ACCEPTED
-    );
+    let (_, position) = accepted(app.submit(&letter("l-1", &[("kite", 1)])).await).await;
+    // The letter is projected before the matrix reads it.
+    app.read_after("/letters/l-1", position).await;
     app
 }
 
