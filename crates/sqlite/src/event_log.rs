@@ -199,26 +199,6 @@ impl EventLog for SqliteEventLog {
             .map_err(|e| LogError::Unavailable(e.to_string()))
     }
 
-    /// Both reads on one connection in one trip to the blocking pool: a command's reads
-    /// cost one thread hand-off, not two.
-    async fn read_for_decision(
-        &self,
-        stream: &str,
-        context: &[String],
-    ) -> Result<(Vec<RecordedEvent>, Vec<Option<RecordedEvent>>), LogError> {
-        let (stream, context) = (stream.to_owned(), context.to_vec());
-        self.db
-            .read(move |conn| {
-                let tx = conn.unchecked_transaction()?;
-                let events = stream_events(&tx, &stream)?;
-                let lasts = lasts(&tx, &context)?;
-                tx.finish()?;
-                Ok((events, lasts))
-            })
-            .await
-            .map_err(|e| LogError::Unavailable(e.to_string()))
-    }
-
     async fn read_all(
         &self,
         after: Position,
