@@ -116,16 +116,6 @@ pub trait EventLog: Send + Sync + Debug + 'static {
         Ok(lasts)
     }
 
-    /// A stream's events and the newest event of each of `context`: what a command
-    /// decides on. Logs that can read both in one round trip override it.
-    async fn read_for_decision(
-        &self,
-        stream: &str,
-        context: &[String],
-    ) -> Result<(Vec<RecordedEvent>, Vec<Option<RecordedEvent>>), LogError> {
-        tokio::try_join!(self.read_stream(stream), self.read_lasts(context))
-    }
-
     /// Reads `stream` (and the newest event of each `context` stream), lets `decide`
     /// choose, and appends its events at the version read: the command pattern. Returns
     /// the position of the appended events, or the one the verdict gave. By default it
@@ -141,7 +131,8 @@ pub trait EventLog: Send + Sync + Debug + 'static {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (recorded, context) = self.read_for_decision(stream, context).await?;
+            let (recorded, context) =
+                tokio::try_join!(self.read_stream(stream), self.read_lasts(context))?;
             let version = recorded.last().map_or(0, |e| e.version);
             match decide(&recorded, &context).map_err(DecideError::Refused)? {
                 Verdict::Nothing(position) => return Ok(position),

@@ -24,8 +24,6 @@ pub struct ProjectionRunner {
     leases: Arc<dyn Leases>,
     status: watch::Sender<ProjectionStatus>,
     batch_size: usize,
-    /// How long a worker that caught up lets events gather before it reads again.
-    linger: Duration,
     retry: RetryPolicy,
     /// Where events that keep failing are set aside, and after how many attempts; without
     /// it a failing event is retried until it applies.
@@ -53,7 +51,7 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// at a steady trickle, a batch per linger instead of one per group of appends. At 4,400
 /// letters/s on SQLite (both projections in the process) a linger of 2 ms took the
 /// server's CPU per letter from 289 to 241 µs, and lag p99 from 6 to 8–13 ms.
-pub const DEFAULT_LINGER: Duration = Duration::from_millis(2);
+const LINGER: Duration = Duration::from_millis(2);
 
 /// How long a worker without a lease waits before asking again.
 const LEASE_POLL: Duration = Duration::from_millis(500);
@@ -75,7 +73,6 @@ impl ProjectionRunner {
             leases: Arc::new(LocalLeases),
             status,
             batch_size: 500,
-            linger: DEFAULT_LINGER,
             retry: RetryPolicy::default(),
             dead_letters: None,
         }
@@ -101,13 +98,6 @@ impl ProjectionRunner {
     /// commits and more latency, which suits a rebuild.
     pub fn with_batch_size(mut self, size: usize) -> Self {
         self.batch_size = size.max(1);
-        self
-    }
-
-    /// Lets events gather for `linger` after the worker caught up, before it reads again
-    /// (2 ms by default; zero reads as soon as anything arrives).
-    pub fn with_linger(mut self, linger: Duration) -> Self {
-        self.linger = linger;
         self
     }
 
@@ -337,9 +327,9 @@ impl ProjectionRunner {
                             .await;
                         // Caught up: let the next events gather, so a trickle costs a
                         // commit per linger rather than one per append.
-                        if batch.len() < size && !self.linger.is_zero() {
+                        if batch.len() < size {
                             tokio::select! {
-                                () = tokio::time::sleep(self.linger) => {}
+                                () = tokio::time::sleep(LINGER) => {}
                                 () = &mut *shutdown => return Break(()),
                             }
                         }

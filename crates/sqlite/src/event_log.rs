@@ -116,9 +116,7 @@ impl SqliteEventLog {
             .map_err(OpenError::Thread)?;
         Ok(Self { appends, db, head })
     }
-}
 
-impl SqliteEventLog {
     /// Queues `job` for the writer and waits for its answer.
     async fn submit(&self, stream: &str, job: Job) -> Result<Position, DecideError> {
         let (reply, answer) = oneshot::channel();
