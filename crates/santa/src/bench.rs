@@ -127,6 +127,10 @@ pub struct BenchReport {
     pub dispatch_lateness: Summary,
     /// The letters of this run are `<id_prefix><n>`, n from 1 to `offered`.
     pub id_prefix: String,
+    /// The share of the machine's CPU time the hypervisor took during the run (Linux
+    /// `steal`), when the machine is a virtual one that reports it: while the host runs
+    /// something else or throttles the VM, every thread in it waits, and latency with it.
+    pub steal: Option<f64>,
 }
 
 impl BenchReport {
@@ -421,6 +425,7 @@ async fn offer(shared: &Arc<Shared>) -> anyhow::Result<BenchReport> {
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} letters sent {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let cpu_before = MachineCpu::now();
     let dispatcher = {
         let (shared, id_prefix, bar) = (shared.clone(), id_prefix.clone(), bar.clone());
         tokio::task::spawn_blocking(move || dispatch(&shared, &id_prefix, &bar))
@@ -429,6 +434,9 @@ async fn offer(shared: &Arc<Shared>) -> anyhow::Result<BenchReport> {
     let start = shared.start;
     while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed();
+    let steal = MachineCpu::now()
+        .zip(cpu_before)
+        .and_then(|(after, before)| after.steal_since(before));
     bar.finish_and_clear();
     let (acknowledged, shed, failed) =
         *shared.counts.lock().unwrap_or_else(PoisonError::into_inner);
@@ -457,7 +465,45 @@ async fn offer(shared: &Arc<Shared>) -> anyhow::Result<BenchReport> {
             .unwrap_or_else(PoisonError::into_inner),
         dispatch_lateness: summary(&shared.dispatch_lateness),
         id_prefix,
+        steal,
     })
+}
+
+/// The machine's CPU time so far, all CPUs together, in the kernel's ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MachineCpu {
+    total: u64,
+    /// Time a virtual CPU was ready to run while the host ran something else.
+    steal: u64,
+}
+
+impl MachineCpu {
+    pub(crate) fn now() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// From `/proc/stat`'s first line: `cpu user nice system idle iowait irq softirq steal
+    /// guest guest_nice` (guest time is already counted in user and nice).
+    fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let ticks = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|field| field.parse::<u64>().ok())
+            .collect::<Option<Vec<u64>>>()?;
+        Some(Self {
+            total: ticks.iter().sum(),
+            steal: *ticks.get(7)?,
+        })
+    }
+
+    /// The share of the CPU time since `before` that was stolen.
+    pub(crate) fn steal_since(self, before: Self) -> Option<f64> {
+        let total = self.total.checked_sub(before.total).filter(|t| *t > 0)?;
+        let steal = self.steal.checked_sub(before.steal)?;
+        Some(steal as f64 / total as f64)
+    }
 }
 
 /// Dispatches the arrivals of `shared.config` at their due times, from a thread of its own
@@ -573,6 +619,13 @@ impl fmt::Display for BenchReport {
         )?;
         writeln!(f, "dispatch behind schedule: {}", self.dispatch_lateness)?;
         write!(f, "projection lag (202 until GET serves it): {}", self.lag)?;
+        if let Some(steal) = self.steal {
+            write!(
+                f,
+                "\nCPU time taken by the hypervisor (steal) during the run: {:.1} %",
+                steal * 100.0
+            )?;
+        }
         if self.reads.count > 0 || self.read_your_writes.count > 0 {
             write!(
                 f,
@@ -706,5 +759,28 @@ impl fmt::Display for FindMaxReport {
                 self.p99_bound.as_millis()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MachineCpu;
+
+    #[test]
+    fn steal_is_the_share_of_the_machines_cpu_time_the_hypervisor_took() {
+        let before =
+            MachineCpu::parse("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 17 0 0\n")
+                .expect("a /proc/stat line");
+        let after =
+            MachineCpu::parse("cpu  200 0 100 1500 20 0 10 170 7 0\n").expect("a /proc/stat line");
+        let steal = after.steal_since(before).expect("time went by");
+        assert!((steal - 0.135).abs() < 1e-9, "{steal}");
+        assert_eq!(before.steal_since(after), None, "the counters only grow");
+        assert_eq!(after.steal_since(after), None, "no time, no share");
+        assert_eq!(
+            MachineCpu::parse("cpu  100 0 50 800\n"),
+            None,
+            "no steal field"
+        );
     }
 }

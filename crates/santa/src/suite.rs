@@ -924,7 +924,13 @@ fn run_json(report: &BenchReport) -> Value {
         "reads_ms": summary_json(&report.reads),
         "read_your_writes_ms": summary_json(&report.read_your_writes),
         "failed_reads": report.failed_reads,
+        "steal": report.steal,
     })
+}
+
+/// A share as a percentage, or a dash where the machine did not report it.
+fn percent(share: Option<f64>) -> String {
+    share.map_or_else(|| "–".to_owned(), |s| format!("{:.1} %", s * 100.0))
 }
 
 fn summary_json(s: &bench::Summary) -> Value {
@@ -1025,17 +1031,18 @@ fn curve_table(out: &mut String, title: &str, report: &FindMaxReport) {
     let _ = writeln!(out, "\n**{title}** (`{}`)\n", report.path);
     let _ = writeln!(
         out,
-        "| offered/s | acknowledged/s | p50 ms | p99 ms | max ms | within bound |\n|---:|---:|---:|---:|---:|:---:|"
+        "| offered/s | acknowledged/s | p50 ms | p99 ms | max ms | steal | within bound |\n|---:|---:|---:|---:|---:|---:|:---:|"
     );
     for s in &report.steps {
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
             s.rate,
             s.report.throughput(),
             ms(s.report.latency.p50_us),
             ms(s.report.latency.p99_us),
             ms(s.report.latency.max_us),
+            percent(s.report.steal),
             if s.sustained { "yes" } else { "no" }
         );
     }
@@ -1219,7 +1226,7 @@ fn render(
     let _ = writeln!(out, "\n## Runs at fixed rates (embedded)\n");
     let _ = writeln!(
         out,
-        "| run | offered/s | acknowledged/s | ack p50 | ack p99 | ack p99.9 | lag p50 | lag p99 | lag max |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| run | offered/s | acknowledged/s | ack p50 | ack p99 | ack p99.9 | lag p50 | lag p99 | lag max | steal |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut fixed: Vec<(&str, u32, &BenchReport)> = vec![
         ("half the highest rate held", half, &e.half),
@@ -1251,19 +1258,20 @@ fn render(
     for (name, rate, r) in fixed {
         let _ = writeln!(
             out,
-            "| {name} | {rate} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {name} | {rate} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
             r.throughput(),
             ms(r.latency.p50_us),
             ms(r.latency.p99_us),
             ms(r.latency.p999_us),
             ms(r.lag.p50_us),
             ms(r.lag.p99_us),
-            ms(r.lag.max_us)
+            ms(r.lag.max_us),
+            percent(r.steal)
         );
     }
     let _ = writeln!(
         out,
-        "\nThe CRUD baseline writes the read stores with `synchronous=NORMAL` (no fsync per request), while every 202 of the command path waits for the log's fsync (`synchronous=FULL`): the comparison favours CRUD.\n\nLag is the time from a letter's 202 until `GET /letters/{{id}}` serves it (every 10th or 20th letter is followed).\n\n![lag during a spike](bench/lag-during-spike.svg)\n\n![lag at the highest rate](bench/lag-at-max-rate.svg)"
+        "\nThe CRUD baseline writes the read stores with `synchronous=NORMAL` (no fsync per request), while every 202 of the command path waits for the log's fsync (`synchronous=FULL`): the comparison favours CRUD.\n\nLag is the time from a letter's 202 until `GET /letters/{{id}}` serves it (every 10th or 20th letter is followed). *Steal* is the share of the machine's CPU time the hypervisor took during the run (Linux `steal` in `/proc/stat`): this machine is a virtual one, and whenever its host throttles it every thread in it waits, the load generator's included, so a run with steal has its tail latency lengthened by the host.\n\n![lag during a spike](bench/lag-during-spike.svg)\n\n![lag at the highest rate](bench/lag-at-max-rate.svg)"
     );
     let _ = writeln!(
         out,
@@ -1402,6 +1410,7 @@ mod tests {
             failed_reads: 0,
             dispatch_lateness: latency,
             id_prefix: "bench-1-".into(),
+            steal: Some(0.05),
         }
     }
 
@@ -1481,6 +1490,8 @@ mod tests {
         assert!(row("| query p99 ≤ 2 ms").ends_with("| **missed** |"));
         assert!(row("| rebuild ≥ 200,000").ends_with("| **missed** |"));
         assert!(markdown.contains("Scaled-out mode: not measured"));
+        // Every run of the fixture reports 5 % of the machine's time stolen.
+        assert!(row("| half the highest rate held |").ends_with("| 5.0 % |"));
         for plot in [
             "latency-vs-load.svg",
             "lag-during-spike.svg",
