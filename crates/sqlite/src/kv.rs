@@ -233,9 +233,9 @@ impl KvStore for SqliteKvStore {
             .write(move |conn| -> Result<(), ProjectionError> {
                 let (tx, after) = begin_batch(conn, projection, progress)?;
                 let mut items = Tx::new(&tx);
-                for envelope in events.iter().filter(|e| e.position > after) {
-                    apply(&mut items, envelope)?;
-                }
+                let mut events = events;
+                events.retain(|e| e.position > after);
+                apply(&mut items, &events)?;
                 items.flush().map_err(store_error)?;
                 end_batch(tx, projection, progress)
             })

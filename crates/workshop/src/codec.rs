@@ -3,6 +3,8 @@
 
 use santa_cqrs::{NewEvent, Position, RecordedEvent};
 use santa_domain::Event;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use crate::Millis;
@@ -52,21 +54,36 @@ pub fn decode(recorded: &RecordedEvent) -> Result<Envelope, DecodeError> {
         schema_version: recorded.schema_version,
         reason,
     };
-    let payload: Value = serde_json::from_slice(&recorded.data).map_err(|e| fail(e.to_string()))?;
-    let payload = upcast(&recorded.event_type, recorded.schema_version, payload).map_err(fail)?;
-    let event = match recorded.event_type.as_str() {
-        Event::TOY_UPSERTED => serde_json::from_value(payload).map(Event::ToyUpserted),
-        Event::LETTER_SUBMITTED => serde_json::from_value(payload).map(Event::LetterSubmitted),
-        Event::LETTER_CANCELLED => serde_json::from_value(payload).map(Event::LetterCancelled),
-        other => return Err(fail(format!("unknown event type `{other}`"))),
-    }
-    .map_err(|e| fail(e.to_string()))?;
+    let event_type = recorded.event_type.as_str();
+    let event = if Event::current_schema_version(event_type) == Some(recorded.schema_version) {
+        // The usual case, at the version this build writes: straight from the bytes into
+        // the event, with no JSON document in between (a tenth of a rebuild's CPU).
+        let mut payload = serde_json::Deserializer::from_slice(&recorded.data);
+        let event = typed(event_type, &mut payload).map_err(|e| fail(e.to_string()))?;
+        payload.end().map_err(|e| fail(e.to_string()))?;
+        event
+    } else {
+        let payload: Value =
+            serde_json::from_slice(&recorded.data).map_err(|e| fail(e.to_string()))?;
+        let payload = upcast(event_type, recorded.schema_version, payload).map_err(fail)?;
+        typed(event_type, payload).map_err(|e| fail(e.to_string()))?
+    };
     Ok(Envelope {
         position: recorded.position,
         stream: recorded.stream.clone(),
         version: recorded.version,
         recorded_at_ms: recorded.recorded_at_ms,
         event,
+    })
+}
+
+/// Reads a payload at the current schema version as an event of `event_type`.
+fn typed<'de, D: Deserializer<'de>>(event_type: &str, payload: D) -> Result<Event, D::Error> {
+    Ok(match event_type {
+        Event::TOY_UPSERTED => Event::ToyUpserted(Deserialize::deserialize(payload)?),
+        Event::LETTER_SUBMITTED => Event::LetterSubmitted(Deserialize::deserialize(payload)?),
+        Event::LETTER_CANCELLED => Event::LetterCancelled(Deserialize::deserialize(payload)?),
+        other => return Err(D::Error::custom(format!("unknown event type `{other}`"))),
     })
 }
 

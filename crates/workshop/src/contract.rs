@@ -130,7 +130,7 @@ pub async fn rebuilds_replay_the_log_and_switch(
     caught_up(log.head().await.unwrap()).await;
 
     // What the live tables hold beyond the log (a bug's leftovers): a rebuild drops it.
-    let junk_item = |tx: &mut dyn crate::kv::KvWrite, _: &crate::Envelope| {
+    let junk_item = |tx: &mut dyn crate::kv::KvWrite, _: &[crate::Envelope]| {
         tx.put(crate::kv::Item {
             pk: "LETTER#junk".into(),
             sk: "#META".into(),

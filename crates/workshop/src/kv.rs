@@ -42,8 +42,10 @@ pub trait KvWrite {
     fn delete(&mut self, pk: &str, sk: &str) -> Result<(), StoreError>;
 }
 
-/// How a projection turns one event into item writes.
-pub type KvApply = fn(&mut dyn KvWrite, &Envelope) -> Result<(), ProjectionError>;
+/// How a projection turns a batch of events (in log order) into item writes. It sees the
+/// whole batch, so that what many events change alike (a toy's demand counters) can be
+/// read and written once per batch.
+pub type KvApply = fn(&mut dyn KvWrite, &[Envelope]) -> Result<(), ProjectionError>;
 
 /// A key-value read store.
 #[async_trait]
@@ -160,9 +162,9 @@ impl KvStore for MemoryKvStore {
             }
             Progress::Redrive => Position::ZERO,
         };
-        for envelope in events.iter().filter(|e| e.position > after) {
-            apply(&mut draft, envelope)?;
-        }
+        let mut events = events;
+        events.retain(|e| e.position > after);
+        apply(&mut draft, &events)?;
         *table = draft;
         Ok(())
     }
@@ -219,9 +221,7 @@ where
             writes: Default::default(),
             misses: Default::default(),
         };
-        for envelope in events {
-            apply(&mut pass, envelope)?;
-        }
+        apply(&mut pass, events)?;
         if pass.misses.is_empty() {
             return Ok(pass.writes.into_iter().collect());
         }

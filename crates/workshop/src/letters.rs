@@ -10,6 +10,7 @@
 //! item carries the demand counters, kept exact across cancellations because every event
 //! is applied exactly once with the checkpoint.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -109,7 +110,7 @@ impl Projection for LettersProjection {
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
         self.store
-            .apply(NAME, progress, decode_batch(events)?, apply_event)
+            .apply(NAME, progress, decode_batch(events)?, apply_events)
             .await
     }
 
@@ -136,15 +137,32 @@ pub(crate) fn decode_batch(batch: &[RecordedEvent]) -> Result<Vec<Envelope>, Pro
         .collect()
 }
 
-/// Applies one event to the table. Safe to call for an event whose effect is already
-/// present: each branch checks the item it would change.
-pub fn apply_event(tx: &mut dyn KvWrite, envelope: &Envelope) -> Result<(), ProjectionError> {
-    match &envelope.event {
-        Event::ToyUpserted(e) => upsert_toy(tx, e)?,
-        Event::LetterSubmitted(e) => submit_letter(tx, e, envelope)?,
-        Event::LetterCancelled(e) => cancel_letter(tx, e, envelope)?,
+/// Applies a batch of events to the table. Safe to call for events whose effect is
+/// already present: each branch checks the item it would change. The demand the batch's
+/// letters add to or take from each toy is summed first and written once per toy: a
+/// popular toy's item is decoded and encoded once per batch, not once per letter.
+pub fn apply_events(tx: &mut dyn KvWrite, events: &[Envelope]) -> Result<(), ProjectionError> {
+    let mut demand = Demand::new();
+    for envelope in events {
+        match &envelope.event {
+            Event::ToyUpserted(e) => upsert_toy(tx, e)?,
+            Event::LetterSubmitted(e) => submit_letter(tx, e, envelope, &mut demand)?,
+            Event::LetterCancelled(e) => cancel_letter(tx, e, envelope, &mut demand)?,
+        }
+    }
+    for (toy_id, (quantity, letters)) in demand {
+        adjust_demand(tx, &toy_id, quantity, letters)?;
     }
     Ok(())
+}
+
+/// Per toy, the change in requested quantity and in letters asking for it.
+type Demand = BTreeMap<String, (i64, i64)>;
+
+fn add_demand(demand: &mut Demand, toy_id: &str, quantity: i64, letters: i64) {
+    let entry = demand.entry(toy_id.to_owned()).or_default();
+    entry.0 += quantity;
+    entry.1 += letters;
 }
 
 fn upsert_toy(tx: &mut dyn KvWrite, e: &ToyUpserted) -> Result<(), StoreError> {
@@ -160,6 +178,7 @@ fn submit_letter(
     tx: &mut dyn KvWrite,
     e: &LetterSubmitted,
     envelope: &Envelope,
+    demand: &mut Demand,
 ) -> Result<(), StoreError> {
     let id = e.letter_id.as_str();
     if tx.get(&letter_pk(id), META)?.is_some() {
@@ -198,7 +217,7 @@ fn submit_letter(
             gsi1sk: Some(format!("LETTER#{id}")),
             data: to_json(&entry)?,
         })?;
-        adjust_demand(tx, &line.toy_id, i64::from(line.quantity), 1)?;
+        add_demand(demand, &line.toy_id, i64::from(line.quantity), 1);
     }
     tx.put(letter_item(&letter)?)
 }
@@ -207,6 +226,7 @@ fn cancel_letter(
     tx: &mut dyn KvWrite,
     e: &LetterCancelled,
     envelope: &Envelope,
+    demand: &mut Demand,
 ) -> Result<(), StoreError> {
     let id = e.letter_id.as_str();
     let Some(item) = tx.get(&letter_pk(id), META)? else {
@@ -221,7 +241,7 @@ fn cancel_letter(
     letter.position = envelope.position.get();
     for line in &letter.lines {
         tx.delete(&letter_pk(id), &format!("LINE#{}", line.toy_id))?;
-        adjust_demand(tx, &line.toy_id, -i64::from(line.quantity), -1)?;
+        add_demand(demand, &line.toy_id, -i64::from(line.quantity), -1);
     }
     tx.put(letter_item(&letter)?)
 }

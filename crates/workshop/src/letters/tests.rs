@@ -161,3 +161,34 @@ async fn the_reference_store_keeps_the_checkpoint_contract() {
     ))
     .await;
 }
+
+#[tokio::test]
+async fn a_batch_leaves_the_same_table_as_its_events_one_at_a_time() {
+    // Demand is summed per toy over a batch: toys named and asked for, a letter submitted
+    // and cancelled within one batch, must come out as if each event had been applied alone.
+    let f = fixture();
+    crate::seed::seed(&f.commands).await.unwrap();
+    f.commands
+        .cancel_letter(CancelLetter {
+            id: LetterId::parse("demo-alan").unwrap(),
+        })
+        .await
+        .unwrap();
+    f.project(Position::ZERO).await;
+
+    let single = Arc::new(MemoryKvStore::default());
+    let projection = LettersProjection::new(single.clone());
+    let events = f.log.read_all(Position::ZERO, 10_000).await.unwrap();
+    let mut checkpoint = Position::ZERO;
+    for event in &events {
+        projection
+            .apply(0, checkpoint, std::slice::from_ref(event))
+            .await
+            .unwrap();
+        checkpoint = event.position;
+    }
+    assert!(events.len() > 10, "{} events", events.len());
+    assert_eq!(single.items(), f.store.items());
+    let cube = f.queries.toy("rubiks-cube").await.unwrap().unwrap();
+    assert_eq!((cube.requested_quantity, cube.letter_count), (2, 1));
+}
