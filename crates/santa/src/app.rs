@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::Settings;
-use crate::backends::Backends;
+use crate::backends::{self, Backends};
 use crate::settings::Role;
 
 /// A built, bound, not yet running process.
@@ -37,6 +37,11 @@ impl Application {
             Arc::new(LettersProjection::new(backends.kv.clone())),
             Arc::new(AnalyticsProjection::new(backends.analytics.clone())),
         ];
+        // Each projection waits for more events as suits the store it writes to.
+        let lingers = [
+            backends::linger_for(&settings.read_store),
+            backends::linger_for(&settings.analytics),
+        ];
         let runs_here = |p: &Arc<dyn Projection>| match &settings.role {
             Role::Serve => true,
             Role::Api => false,
@@ -55,11 +60,16 @@ impl Application {
         }
         let runners: Vec<ProjectionRunner> = projections
             .iter()
-            .filter(|p| runs_here(p))
-            .map(|p| {
-                ProjectionRunner::new(backends.log.clone(), p.clone())
+            .zip(lingers)
+            .filter(|(p, _)| runs_here(p))
+            .map(|(p, linger)| {
+                let runner = ProjectionRunner::new(backends.log.clone(), p.clone())
                     .with_leases(backends.leases.clone())
-                    .with_dead_letters(backends.dead_letters.clone(), settings.max_attempts)
+                    .with_dead_letters(backends.dead_letters.clone(), settings.max_attempts);
+                match linger {
+                    Some(linger) => runner.with_linger(linger),
+                    None => runner,
+                }
             })
             .collect();
 

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use santa_cqrs::{DeadLetters, EventLog, Leases, LocalLeases};
@@ -21,6 +22,21 @@ use crate::settings::{EMBEDDED, Role};
 
 /// Connections per PostgreSQL pool.
 const POOL: usize = 8;
+
+/// How long a projection writing to PostgreSQL waits, once caught up, for more events
+/// before its next batch. Each batch there costs round trips and a dozen statements, and
+/// with the log's 8 partitions a worker sees an eighth of the letters: at 1,500 letters/s
+/// scaled out, 2 ms (the embedded default) made batches of one letter. Side by side
+/// there, 2 → 20 ms took PostgreSQL's CPU per letter from 593 to 360 µs and the
+/// projector's from 186 to 129 µs, and lag p99 from 62 to 43 ms (10 ms: 469 µs, 31 ms;
+/// 50 ms: 281 µs, 77 ms).
+const REMOTE_LINGER: Duration = Duration::from_millis(20);
+
+/// The linger of a projection writing to the store at `url`; `None` keeps the runner's
+/// default (made for an embedded store).
+pub fn linger_for(url: &str) -> Option<Duration> {
+    matches!(scheme(url), Ok(Scheme::Postgres)).then_some(REMOTE_LINGER)
+}
 
 /// The engines a process works with.
 #[derive(Debug, Clone)]
