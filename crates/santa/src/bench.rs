@@ -127,6 +127,8 @@ pub struct BenchReport {
     pub dispatch_lateness: Summary,
     /// The letters of this run are `<id_prefix><n>`, n from 1 to `offered`.
     pub id_prefix: String,
+    /// Why the first few failed letters failed (an error, or a status and its body).
+    pub failures: Vec<String>,
     /// The share of the machine's CPU time the hypervisor took during the run (Linux
     /// `steal`), when the machine is a virtual one that reports it: while the host runs
     /// something else or throttles the VM, every thread in it waits, and latency with it.
@@ -154,6 +156,8 @@ struct Shared {
     recent: Mutex<VecDeque<String>>,
     followers: Semaphore,
     counts: Mutex<(u64, u64, u64)>,
+    /// Why the first few failed requests failed.
+    failures: Mutex<Vec<String>>,
 }
 
 /// What one arrival does.
@@ -231,8 +235,9 @@ impl Shared {
         };
         let response = match outcome {
             Ok(response) => response,
-            Err(_) => {
+            Err(error) => {
                 counts(2);
+                self.failed_because(format!("{error:#}"));
                 return None;
             }
         };
@@ -257,10 +262,23 @@ impl Shared {
                 counts(1);
                 None
             }
-            _ => {
+            status => {
                 counts(2);
+                let body = response.text().await.unwrap_or_default();
+                self.failed_because(format!(
+                    "{status}: {}",
+                    body.chars().take(200).collect::<String>()
+                ));
                 None
             }
+        }
+    }
+
+    /// Keeps the reason of one of the first failures, for the report.
+    fn failed_because(&self, reason: String) {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if failures.len() < MAX_FAILURES_KEPT {
+            failures.push(reason);
         }
     }
 
@@ -376,6 +394,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         recent: Mutex::default(),
         followers: Semaphore::new(LAG_FOLLOWERS),
         counts: Mutex::new((0, 0, 0)),
+        failures: Mutex::default(),
         config: config.clone(),
     });
     offer(&shared).await
@@ -465,6 +484,12 @@ async fn offer(shared: &Arc<Shared>) -> anyhow::Result<BenchReport> {
             .unwrap_or_else(PoisonError::into_inner),
         dispatch_lateness: summary(&shared.dispatch_lateness),
         id_prefix,
+        failures: std::mem::take(
+            &mut *shared
+                .failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        ),
         steal,
     })
 }
@@ -619,6 +644,9 @@ impl fmt::Display for BenchReport {
         )?;
         writeln!(f, "dispatch behind schedule: {}", self.dispatch_lateness)?;
         write!(f, "projection lag (202 until GET serves it): {}", self.lag)?;
+        for failure in &self.failures {
+            write!(f, "\nfailed: {failure}")?;
+        }
         if let Some(steal) = self.steal {
             write!(
                 f,
@@ -667,6 +695,9 @@ impl FindMaxReport {
 /// How much faster each step offers than the one before.
 const STEP_GROWTH: f64 = 1.2;
 
+/// How many failures a run keeps the reason of.
+const MAX_FAILURES_KEPT: usize = 3;
+
 /// Most steps a find-max run takes.
 const MAX_STEPS: usize = 40;
 
@@ -707,6 +738,9 @@ pub async fn find_max(config: BenchConfig) -> anyhow::Result<FindMaxReport> {
                 report.not_sent,
                 if sustained { "✓" } else { "✗" }
             );
+            if let Some(failure) = report.failures.first() {
+                eprintln!("          first failure: {failure}");
+            }
         }
         misses = if sustained { 0 } else { misses + 1 };
         steps.push(Step {

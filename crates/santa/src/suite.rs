@@ -96,16 +96,19 @@ impl Server {
     async fn ready(&mut self, http: &reqwest::Client, since: Instant) -> anyhow::Result<Duration> {
         match wait_ready(http, &self.url, since).await {
             Ok(ready) => Ok(ready),
-            Err(error) => {
-                let exited = self.child.try_wait().ok().flatten();
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(10).collect();
-                Err(error.context(format!(
-                    "exit status: {exited:?}; its last log lines: {}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                )))
-            }
+            Err(error) => Err(error.context(self.state())),
         }
+    }
+
+    /// Whether it exited, and the last lines it logged: for an error message.
+    fn state(&mut self) -> String {
+        let exited = self.child.try_wait().ok().flatten();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(10).collect();
+        format!(
+            "exit status: {exited:?}; its last log lines: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        )
     }
 
     /// Resident memory, from `/proc`.
@@ -807,7 +810,7 @@ async fn measure_scaled_out(
     let mut projector_args = vec!["projector".to_owned()];
     projector_args.extend(backends.clone());
     // A projector serves no HTTP.
-    let projector = Server::spawn(
+    let mut projector = Server::spawn(
         &std::env::current_exe()?,
         &projector_args,
         String::new(),
@@ -818,10 +821,17 @@ async fn measure_scaled_out(
     let (api, startup) = start(http, &api_args, None).await?;
     let url = api.url.clone();
     http.post(format!("{url}/admin/seed")).send().await?;
+    // The seed reaches the read stores before any load: a projector that cannot work is
+    // found here, with what it logged.
+    if let Err(error) = drained(http, &url, Duration::from_secs(30)).await {
+        return Err(error.context(format!("the projector: {}", projector.state())));
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss_mb = api.rss_mb();
     let durable = find_max(&url, "/letters", 500, suite).await?;
-    drained(http, &url, Duration::from_secs(120)).await?;
+    if let Err(error) = drained(http, &url, Duration::from_secs(120)).await {
+        return Err(error.context(format!("the projector: {}", projector.state())));
+    }
     let max = max_rate(&durable);
     // Where the CPU goes, per letter: what bounds this mode on this machine.
     let watched: [(&'static str, Vec<u32>); 4] = [
@@ -935,6 +945,7 @@ fn run_json(report: &BenchReport) -> Value {
         "read_your_writes_ms": summary_json(&report.read_your_writes),
         "failed_reads": report.failed_reads,
         "steal": report.steal,
+        "failures": report.failures,
     })
 }
 
@@ -1443,6 +1454,7 @@ mod tests {
             failed_reads: 0,
             dispatch_lateness: latency,
             id_prefix: "bench-1-".into(),
+            failures: Vec::new(),
             steal: Some(0.05),
         }
     }
