@@ -418,6 +418,34 @@ async fn set_up_toys(http: &reqwest::Client, config: &BenchConfig) -> anyhow::Re
             "setting up the bench toys failed: {}",
             response.status()
         );
+        let position = response
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|body| body["position"].as_u64())
+            .context("the answer to setting up a bench toy has no position")?;
+        // The CRUD baseline checks letters against the read store, not the log: before
+        // the first letter, the toy must be there (its first letters failed otherwise).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let url = format!(
+                "{}/toys/{toy}?after={position}",
+                config.url.trim_end_matches('/')
+            );
+            let mut request = http.get(url);
+            if let Some(token) = &config.token {
+                request = request.bearer_auth(token);
+            }
+            let status = request.send().await?.status();
+            if status == StatusCode::OK {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the bench toy `{toy}` did not reach the read store within a minute: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     Ok(())
 }
