@@ -38,6 +38,20 @@ impl Fixture {
     }
 }
 
+/// The demo data with Alan's letter cancelled, all projected as one batch.
+async fn seeded_with_alans_letter_cancelled() -> Fixture {
+    let f = fixture();
+    crate::seed::seed(&f.commands).await.unwrap();
+    f.commands
+        .cancel_letter(CancelLetter {
+            id: LetterId::parse("demo-alan").unwrap(),
+        })
+        .await
+        .unwrap();
+    f.project(Position::ZERO).await;
+    f
+}
+
 #[tokio::test]
 async fn submitted_letters_become_a_letter_item_index_lines_and_toy_demand() {
     let f = fixture();
@@ -107,15 +121,7 @@ async fn a_cancelled_letter_leaves_the_index_and_the_demand_counters() {
 
 #[tokio::test]
 async fn replaying_the_same_batch_twice_changes_nothing() {
-    let f = fixture();
-    crate::seed::seed(&f.commands).await.unwrap();
-    f.commands
-        .cancel_letter(CancelLetter {
-            id: LetterId::parse("demo-alan").unwrap(),
-        })
-        .await
-        .unwrap();
-    f.project(Position::ZERO).await;
+    let f = seeded_with_alans_letter_cancelled().await;
     let once = f.store.items();
     let head = f.log.head().await.unwrap();
     let batch = f.log.read_all(Position::ZERO, 10_000).await.unwrap();
@@ -166,15 +172,7 @@ async fn the_reference_store_keeps_the_checkpoint_contract() {
 async fn a_batch_leaves_the_same_table_as_its_events_one_at_a_time() {
     // Demand is summed per toy over a batch: toys named and asked for, a letter submitted
     // and cancelled within one batch, must come out as if each event had been applied alone.
-    let f = fixture();
-    crate::seed::seed(&f.commands).await.unwrap();
-    f.commands
-        .cancel_letter(CancelLetter {
-            id: LetterId::parse("demo-alan").unwrap(),
-        })
-        .await
-        .unwrap();
-    f.project(Position::ZERO).await;
+    let f = seeded_with_alans_letter_cancelled().await;
 
     let single = Arc::new(MemoryKvStore::default());
     let projection = LettersProjection::new(single.clone());
