@@ -24,6 +24,7 @@ pub struct ProjectionRunner {
     leases: Arc<dyn Leases>,
     status: watch::Sender<ProjectionStatus>,
     batch_size: usize,
+    /// How long a worker that caught up lets events gather before it reads again.
     linger: Duration,
     retry: RetryPolicy,
     /// Where events that keep failing are set aside, and after how many attempts; without
@@ -104,8 +105,9 @@ impl ProjectionRunner {
         self
     }
 
-    /// How long a worker that caught up waits for more events (see [`DEFAULT_LINGER`]):
-    /// longer where each batch costs round trips to a remote store.
+    /// How long a worker that caught up waits for more events (see [`DEFAULT_LINGER`];
+    /// zero reads as soon as anything arrives): longer where each batch costs round trips
+    /// to a remote store.
     pub fn with_linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
         self
@@ -337,7 +339,7 @@ impl ProjectionRunner {
                             .await;
                         // Caught up: let the next events gather, so a trickle costs a
                         // commit per linger rather than one per append.
-                        if batch.len() < size {
+                        if batch.len() < size && !self.linger.is_zero() {
                             tokio::select! {
                                 () = tokio::time::sleep(self.linger) => {}
                                 () = &mut *shutdown => return Break(()),
