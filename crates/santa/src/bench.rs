@@ -206,12 +206,7 @@ fn summary(histogram: &Mutex<Histogram<u64>>) -> Summary {
 
 impl Shared {
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let url = format!("{}{path}", self.config.url.trim_end_matches('/'));
-        let request = self.http.request(method, url);
-        match &self.config.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        }
+        request(&self.http, &self.config, method, path)
     }
 
     /// Sends one letter due at `due`; returns its id and position when acknowledged.
@@ -400,16 +395,27 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
     offer(&shared).await
 }
 
+/// A request to `path` of the workshop, with the token if there is one.
+fn request(
+    http: &reqwest::Client,
+    config: &BenchConfig,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    let url = format!("{}{path}", config.url.trim_end_matches('/'));
+    let request = http.request(method, url);
+    match &config.token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
 /// The toys every bench letter asks for.
 async fn set_up_toys(http: &reqwest::Client, config: &BenchConfig) -> anyhow::Result<()> {
     for (toy, price) in [("bench-kite", 1250), ("bench-drum", 4999)] {
         let body = json!({"name": toy, "description": "used by santa bench", "price_cents": price});
-        let url = format!("{}/toys/{toy}", config.url.trim_end_matches('/'));
-        let mut request = http.put(url).json(&body);
-        if let Some(token) = &config.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request
+        let response = request(http, config, reqwest::Method::PUT, &format!("/toys/{toy}"))
+            .json(&body)
             .send()
             .await
             .with_context(|| format!("cannot reach {}; is the workshop running?", config.url))?;
@@ -428,15 +434,11 @@ async fn set_up_toys(http: &reqwest::Client, config: &BenchConfig) -> anyhow::Re
         // the first letter, the toy must be there (its first letters failed otherwise).
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let url = format!(
-                "{}/toys/{toy}?after={position}",
-                config.url.trim_end_matches('/')
-            );
-            let mut request = http.get(url);
-            if let Some(token) = &config.token {
-                request = request.bearer_auth(token);
-            }
-            let status = request.send().await?.status();
+            let path = format!("/toys/{toy}?after={position}");
+            let status = request(http, config, reqwest::Method::GET, &path)
+                .send()
+                .await?
+                .status();
             if status == StatusCode::OK {
                 break;
             }
@@ -524,14 +526,14 @@ async fn offer(shared: &Arc<Shared>) -> anyhow::Result<BenchReport> {
 
 /// The machine's CPU time so far, all CPUs together, in the kernel's ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct MachineCpu {
+struct MachineCpu {
     total: u64,
     /// Time a virtual CPU was ready to run while the host ran something else.
     steal: u64,
 }
 
 impl MachineCpu {
-    pub(crate) fn now() -> Option<Self> {
+    fn now() -> Option<Self> {
         Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
     }
 
@@ -552,7 +554,7 @@ impl MachineCpu {
     }
 
     /// The share of the CPU time since `before` that was stolen.
-    pub(crate) fn steal_since(self, before: Self) -> Option<f64> {
+    fn steal_since(self, before: Self) -> Option<f64> {
         let total = self.total.checked_sub(before.total).filter(|t| *t > 0)?;
         let steal = self.steal.checked_sub(before.steal)?;
         Some(steal as f64 / total as f64)
