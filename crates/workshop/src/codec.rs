@@ -165,6 +165,27 @@ mod tests {
     }
 
     #[test]
+    fn every_event_is_written_at_the_version_decoded_without_upcasting() {
+        // `Event::schema_version` (what encode writes) and `Event::current_schema_version`
+        // (what decode reads straight from the bytes) must agree for every kind.
+        let toy = json!({"toy_id": "kite", "name": "Kite", "description": "", "price_cents": 100});
+        let events = [
+            recorded(Event::LETTER_SUBMITTED, 1, v1_letter()),
+            recorded(Event::TOY_UPSERTED, 1, toy),
+            recorded(Event::LETTER_CANCELLED, 1, json!({"letter_id": "old"})),
+        ]
+        .map(|r| decode(&r).unwrap().event);
+        for event in events {
+            assert_eq!(
+                Event::current_schema_version(event.event_type()),
+                Some(event.schema_version()),
+                "{}",
+                event.event_type()
+            );
+        }
+    }
+
+    #[test]
     fn unknown_versions_and_types_are_refused_by_name() {
         let error = decode(&recorded(Event::LETTER_SUBMITTED, 3, v1_letter())).unwrap_err();
         assert!(error.reason.contains("schema version 3"), "{error}");
