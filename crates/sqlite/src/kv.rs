@@ -226,14 +226,13 @@ impl KvStore for SqliteKvStore {
         &self,
         projection: &'static str,
         progress: Progress,
-        events: Vec<Envelope>,
+        mut events: Vec<Envelope>,
         apply: KvApply,
     ) -> Result<(), ProjectionError> {
         self.db
             .write(move |conn| -> Result<(), ProjectionError> {
                 let (tx, after) = begin_batch(conn, projection, progress)?;
                 let mut items = Tx::new(&tx);
-                let mut events = events;
                 events.retain(|e| e.position > after);
                 apply(&mut items, &events)?;
                 items.flush().map_err(store_error)?;

@@ -140,7 +140,7 @@ impl KvStore for MemoryKvStore {
         &self,
         projection: &'static str,
         progress: Progress,
-        events: Vec<Envelope>,
+        mut events: Vec<Envelope>,
         apply: KvApply,
     ) -> Result<(), ProjectionError> {
         let mut table = self.table();
@@ -162,7 +162,6 @@ impl KvStore for MemoryKvStore {
             }
             Progress::Redrive => Position::ZERO,
         };
-        let mut events = events;
         events.retain(|e| e.position > after);
         apply(&mut draft, &events)?;
         *table = draft;
