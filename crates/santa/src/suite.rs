@@ -219,6 +219,19 @@ async fn embedded(http: &reqwest::Client, tag: &str) -> anyhow::Result<(Server, 
     start(http, &args, Some(dir)).await
 }
 
+/// [`drained`] for projections that run in `projector`: when they do not catch up, the
+/// error says whether it exited and what it logged.
+async fn drained_by(
+    http: &reqwest::Client,
+    url: &str,
+    limit: Duration,
+    projector: &mut Server,
+) -> anyhow::Result<Duration> {
+    drained(http, url, limit)
+        .await
+        .map_err(|error| error.context(format!("the projector: {}", projector.state())))
+}
+
 /// Waits until every projection has applied the whole log; returns how long it took.
 async fn drained(http: &reqwest::Client, url: &str, limit: Duration) -> anyhow::Result<Duration> {
     let started = Instant::now();
@@ -823,15 +836,11 @@ async fn measure_scaled_out(
     http.post(format!("{url}/admin/seed")).send().await?;
     // The seed reaches the read stores before any load: a projector that cannot work is
     // found here, with what it logged.
-    if let Err(error) = drained(http, &url, Duration::from_secs(30)).await {
-        return Err(error.context(format!("the projector: {}", projector.state())));
-    }
+    drained_by(http, &url, Duration::from_secs(30), &mut projector).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss_mb = api.rss_mb();
     let durable = find_max(&url, "/letters", 500, suite).await?;
-    if let Err(error) = drained(http, &url, Duration::from_secs(120)).await {
-        return Err(error.context(format!("the projector: {}", projector.state())));
-    }
+    drained_by(http, &url, Duration::from_secs(120), &mut projector).await?;
     let max = max_rate(&durable);
     // Where the CPU goes, per letter: what bounds this mode on this machine.
     let watched: [(&'static str, Vec<u32>); 4] = [
