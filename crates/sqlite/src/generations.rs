@@ -21,10 +21,6 @@ use tokio::sync::OwnedRwLockWriteGuard;
 use crate::OpenError;
 use crate::db::{Db, Durability};
 
-/// How a rebuild's writer copies the WAL back while replaying (see `db::WAL_AUTOCHECKPOINT`
-/// for the live setting it gets back at the switch).
-const REBUILD_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 16000";
-
 /// The database of one read store, generation after generation.
 #[derive(Debug, Clone)]
 pub(crate) struct Generations {
@@ -126,14 +122,11 @@ impl Generations {
         let db = tokio::task::spawn_blocking(move || {
             let path = file(&dir, stem, generation);
             remove_database(&path);
-            let db = Db::open(&path, Durability::Normal, migrations)?;
-            // Nobody waits on a rebuild's commits: copy the WAL back in large runs.
-            db.with_writer(|conn| conn.execute_batch(REBUILD_AUTOCHECKPOINT))
-                .map_err(|source| OpenError::Sqlite {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            Ok::<_, OpenError>(db)
+            // Each page written once (a WAL writes it twice: to the log, then back), and no
+            // fsync: nothing reads the file but the rebuild, and nothing needs it after a
+            // crash (the pointer still names the old generation; the next start removes
+            // it). The switch gives it its WAL back and syncs it before naming it.
+            Db::open(&path, Durability::Scratch, migrations)
         })
         .await
         .map_err(|e| ProjectionError::Store(format!("store task failed: {e}")))?
@@ -161,14 +154,24 @@ impl Generations {
     /// Makes `generation` (held by `db`) the one in use: the pointer file first, so that a
     /// crash after it restarts on the new file, then the connections.
     fn install(&self, generation: u64, db: Db) -> std::io::Result<()> {
-        db.with_writer(|conn| {
-            conn.execute_batch(&format!(
-                "PRAGMA wal_autocheckpoint = {}",
-                crate::db::WAL_AUTOCHECKPOINT
-            ))
-        })
-        .map_err(std::io::Error::other)?;
         let dir = &self.inner.dir;
+        let path = file(dir, self.inner.stem, generation);
+        let mode: String = db
+            .with_writer(|conn| {
+                conn.execute_batch(&format!(
+                    "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = {}",
+                    crate::db::WAL_AUTOCHECKPOINT
+                ))?;
+                conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            })
+            .map_err(std::io::Error::other)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(std::io::Error::other(format!(
+                "the rebuilt file stayed in journal mode {mode}"
+            )));
+        }
+        // Written without fsync while it was being built: on disk before the pointer names it.
+        fs::File::open(&path)?.sync_all()?;
         let pointer = dir.join(format!("{}.current", self.inner.stem));
         let staged = dir.join(format!("{}.current.new", self.inner.stem));
         let mut out = fs::File::create(&staged)?;

@@ -248,6 +248,14 @@ mod projections {
             ],
             "the old generation is gone, the pointer names the new one"
         );
+        // Built without a WAL or fsync, the files went back to WAL mode at the switch.
+        for file in ["read.1.db", "analytics.1.db"] {
+            let conn = rusqlite::Connection::open(dir.path().join(file)).unwrap();
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal", "{file}");
+        }
         // Opened again, the store is the rebuilt one.
         let kv = SqliteKvStore::open(dir.path()).unwrap();
         assert!(kv.get("LETTER#junk", "#META").await.unwrap().is_none());
