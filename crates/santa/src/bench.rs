@@ -432,6 +432,8 @@ async fn set_up_toys(http: &reqwest::Client, config: &BenchConfig) -> anyhow::Re
             .context("the answer to setting up a bench toy has no position")?;
         // The CRUD baseline checks letters against the read store, not the log: before
         // the first letter, the toy must be there (its first letters failed otherwise).
+        // A server that serves no toy reads (405: the peer, whose views are written inside
+        // the command) has nothing to wait for.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let path = format!("/toys/{toy}?after={position}");
@@ -439,7 +441,7 @@ async fn set_up_toys(http: &reqwest::Client, config: &BenchConfig) -> anyhow::Re
                 .send()
                 .await?
                 .status();
-            if status == StatusCode::OK {
+            if status == StatusCode::OK || status == StatusCode::METHOD_NOT_ALLOWED {
                 break;
             }
             anyhow::ensure!(
@@ -828,7 +830,52 @@ impl fmt::Display for FindMaxReport {
 
 #[cfg(test)]
 mod tests {
-    use super::MachineCpu;
+    use super::*;
+
+    /// A server with the bench's toy route: PUT answers 202 at position 7; GET answers
+    /// `reads` in turn (the last one from then on), and counts the GETs.
+    async fn toy_server(reads: Vec<StatusCode>) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use axum::routing::put;
+        let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = gets.clone();
+        let app = axum::Router::new().route(
+            "/toys/{id}",
+            put(|| async {
+                (
+                    StatusCode::ACCEPTED,
+                    axum::Json(json!({"id": "t", "position": 7})),
+                )
+            })
+            .get(move || {
+                let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let status = reads[n.min(reads.len() - 1)];
+                async move { status }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, gets)
+    }
+
+    #[tokio::test]
+    async fn the_bench_toys_are_awaited_in_the_read_store_where_it_serves_them() {
+        let http = reqwest::Client::new();
+        // Not projected yet twice, then there: the bench asks until it is.
+        let (url, gets) = toy_server(vec![
+            StatusCode::NOT_FOUND,
+            StatusCode::NOT_FOUND,
+            StatusCode::OK,
+        ])
+        .await;
+        set_up_toys(&http, &BenchConfig::new(url)).await.unwrap();
+        // Three for the first toy, the second one found at once.
+        assert_eq!(gets.load(std::sync::atomic::Ordering::SeqCst), 4);
+        // A server without toy reads (the peer): nothing to wait for.
+        let (url, gets) = toy_server(vec![StatusCode::METHOD_NOT_ALLOWED]).await;
+        set_up_toys(&http, &BenchConfig::new(url)).await.unwrap();
+        assert_eq!(gets.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn steal_is_the_share_of_the_machines_cpu_time_the_hypervisor_took() {
