@@ -220,6 +220,59 @@ pub async fn deciders_append_at_the_version_they_read(log: Arc<dyn EventLog>) {
     assert!(seen.is_ok(), "got {seen:?}");
     assert_eq!(log.read_stream("decided").await.unwrap().len(), 10);
     assert_eq!(log.head().await.unwrap().get(), head.get() + 3);
+
+    // A command expected to start its stream decides on the real history once it exists.
+    let start_once = || -> crate::Decider {
+        Box::new(|recorded, _| {
+            Ok(match recorded.last() {
+                Some(last) => Verdict::Nothing(last.position),
+                None => Verdict::Append(vec![event("started")]),
+            })
+        })
+    };
+    let first = log
+        .decide_and_start("started", &[], start_once())
+        .await
+        .unwrap();
+    let again = log
+        .decide_and_start("started", &[], start_once())
+        .await
+        .unwrap();
+    assert_eq!(
+        again, first,
+        "the repeat is answered from the stream as read"
+    );
+    // A decider that refuses an empty history is asked again with the real one.
+    let needs_history = log
+        .decide_and_start(
+            "started",
+            &[],
+            Box::new(|recorded, _| match recorded.last() {
+                Some(last) => Ok(Verdict::Nothing(last.position)),
+                None => Err("decided on an empty history".into()),
+            }),
+        )
+        .await;
+    assert_eq!(needs_history.unwrap(), first);
+    // Racing starters: one appends, the others get its answer.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (log, decide) = (log.clone(), start_once());
+        tasks.spawn(async move { log.decide_and_start("raced", &[], decide).await });
+    }
+    let mut answers = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        answers.push(result.unwrap().unwrap());
+    }
+    answers.dedup();
+    assert_eq!(
+        answers.len(),
+        1,
+        "every starter got the one append's position"
+    );
+    assert_eq!(log.read_stream("started").await.unwrap().len(), 1);
+    assert_eq!(log.read_stream("raced").await.unwrap().len(), 1);
+    assert_eq!(log.head().await.unwrap().get(), head.get() + 5);
 }
 
 /// A subscription replays history from any position, then delivers new events live.

@@ -181,6 +181,16 @@ impl EventLog for SqliteEventLog {
         self.submit(stream, Job::Decide { context, decide }).await
     }
 
+    /// The writer reads the stream inside its transaction anyway: no guess to make.
+    async fn decide_and_start(
+        &self,
+        stream: &str,
+        context: &[String],
+        decide: Decider,
+    ) -> Result<Position, DecideError> {
+        self.decide_and_append(stream, context, decide).await
+    }
+
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, LogError> {
         let stream = stream.to_owned();
         self.db

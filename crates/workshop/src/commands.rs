@@ -51,7 +51,7 @@ impl CommandService {
     #[tracing::instrument(skip_all, fields(toy = %cmd.id))]
     pub async fn upsert_toy(&self, cmd: UpsertToy) -> Result<Accepted, CommandError> {
         let (id, stream) = (cmd.id.to_string(), cmd.stream());
-        self.decide_and_append(&stream, &[], id, move |history, _| {
+        self.decide_and_append(&stream, &[], Expect::Any, id, move |history, _| {
             let state = fold(ToyState::default(), ToyState::apply, &history);
             Ok((state.decide(cmd.clone()), history.last().map(|e| e.0)))
         })
@@ -67,7 +67,10 @@ impl CommandService {
             .iter()
             .map(|(toy, _)| format!("toy-{toy}"))
             .collect();
-        self.decide_and_append(&stream, &toy_streams, id, move |history, toys| {
+        // Letters are new far more often than repeated: decided without reading the stream
+        // first, unless it turns out to exist.
+        let expect = Expect::New;
+        self.decide_and_append(&stream, &toy_streams, expect, id, move |history, toys| {
             let state = fold(LetterState::default(), LetterState::apply, &history);
             let catalogue = toys
                 .iter()
@@ -88,7 +91,7 @@ impl CommandService {
     #[tracing::instrument(skip_all, fields(letter = %cmd.id))]
     pub async fn cancel_letter(&self, cmd: CancelLetter) -> Result<Accepted, CommandError> {
         let (id, stream) = (cmd.id.to_string(), cmd.stream());
-        self.decide_and_append(&stream, &[], id, move |history, _| {
+        self.decide_and_append(&stream, &[], Expect::Any, id, move |history, _| {
             let state = fold(LetterState::default(), LetterState::apply, &history);
             Ok((state.decide_cancel(cmd.clone())?, None))
         })
@@ -112,6 +115,7 @@ impl CommandService {
         &self,
         stream: &str,
         context: &[String],
+        expect: Expect,
         id: String,
         decide: F,
     ) -> Result<Accepted, CommandError>
@@ -137,7 +141,11 @@ impl CommandService {
                 });
             verdict.map_err(|error| Box::new(error) as Refusal)
         });
-        match self.log.decide_and_append(stream, context, decider).await {
+        let decided = match expect {
+            Expect::Any => self.log.decide_and_append(stream, context, decider).await,
+            Expect::New => self.log.decide_and_start(stream, context, decider).await,
+        };
+        match decided {
             Ok(position) => Ok(Accepted { id, position }),
             Err(DecideError::Log(error)) => Err(error.into()),
             Err(DecideError::Refused(refusal)) => Err(match refusal.downcast::<CommandError>() {
@@ -146,6 +154,15 @@ impl CommandService {
             }),
         }
     }
+}
+
+/// What a command expects of its stream.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Anything: read it, then decide.
+    Any,
+    /// Most likely nothing yet (see [`EventLog::decide_and_start`]).
+    New,
 }
 
 fn fold<S>(mut state: S, apply: fn(&mut S, &Event), history: &History) -> S {
