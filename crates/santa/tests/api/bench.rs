@@ -117,17 +117,18 @@ async fn the_mixed_scenario_reads_and_reads_its_own_writes() {
     let app = spawn_app().await;
     let config = BenchConfig {
         rate: 200,
-        duration: Duration::from_secs(1),
+        // Letters are read once they are a second old: the second second reads some.
+        duration: Duration::from_secs(2),
         scenario: Scenario::Mixed,
         lag_every: 0,
         ..BenchConfig::new(app.base.clone())
     };
     let report = run(config).await.unwrap();
-    assert_eq!(report.offered, 200, "{report}");
+    assert_eq!(report.offered, 400, "{report}");
     // Of every ten arrivals: five writes, four reads, one write read back with ?after=.
-    assert_eq!(report.acknowledged, 120, "{report}");
-    assert_eq!(report.reads.count + report.failed_reads, 80, "{report}");
-    assert_eq!(report.read_your_writes.count, 20, "{report}");
+    assert_eq!(report.acknowledged, 240, "{report}");
+    assert_eq!(report.reads.count + report.failed_reads, 160, "{report}");
+    assert_eq!(report.read_your_writes.count, 40, "{report}");
     assert_eq!(report.failed_reads, 0, "{report}");
     assert!(report.to_string().contains("read-your-writes"), "{report}");
 }
