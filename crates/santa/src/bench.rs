@@ -32,8 +32,8 @@ pub enum Scenario {
     /// The rate, five times the rate in the middle third (a Christmas-Eve burst), the rate.
     Spike,
     /// Writes and reads at the rate: of every ten arrivals, five submit a letter, four
-    /// read (a letter acknowledged a second before, or a toy's letters) and one submits a letter and reads it
-    /// back at once with `?after=` (read-your-writes).
+    /// read (a letter acknowledged a second or two before, or a toy's letters) and one
+    /// submits a letter and reads it back at once with `?after=` (read-your-writes).
     Mixed,
     /// Steady steps at rising rates until p99 or errors break the bound (see `find_max`).
     FindMax,
@@ -247,7 +247,11 @@ impl Shared {
                     .and_then(|body| body["position"].as_u64())
                     .unwrap_or(0);
                 let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-                if recent.len() >= RECENT {
+                while recent.len() >= RECENT
+                    || recent
+                        .front()
+                        .is_some_and(|(_, at)| at.elapsed() > 2 * READ_AFTER)
+                {
                     recent.pop_front();
                 }
                 recent.push_back((id.clone(), Instant::now()));
@@ -333,7 +337,7 @@ impl Shared {
             };
             return self.get_ok(&path, due, &self.reads).await;
         }
-        // The oldest of the newest letters, once it is a second old: a plain read of a
+        // The oldest of the newest letters, once it is `READ_AFTER` old: a plain read of a
         // letter acknowledged a moment ago may find it not projected yet, which is what a
         // plain read promises, not a failure (`?after=` waits for it).
         let recent = self
@@ -341,7 +345,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .front()
-            .filter(|(_, at)| at.elapsed() >= Duration::from_secs(1))
+            .filter(|(_, at)| at.elapsed() >= READ_AFTER)
             .map(|(id, _)| id.clone());
         let path = match recent {
             Some(id) if n.is_multiple_of(2) => format!("/letters/{id}"),
@@ -364,8 +368,11 @@ impl Shared {
     }
 }
 
-/// How many of the newest acknowledged letters the mixed scenario keeps to read from: at
-/// up to 65,536 letters/s, the oldest of them is a second old.
+/// The mixed scenario reads letters acknowledged this long before (up to twice as long).
+const READ_AFTER: Duration = Duration::from_secs(1);
+
+/// The most acknowledged letters the mixed scenario keeps to read from: enough for the
+/// oldest of them to be `READ_AFTER` old at up to 65,536 letters/s.
 const RECENT: usize = 65_536;
 
 /// The rate in force `elapsed` into a run of `config`.
