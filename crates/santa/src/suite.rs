@@ -510,6 +510,7 @@ struct Embedded {
 }
 
 /// The rebuilds of one projection, run one after another on the same log.
+#[derive(Default)]
 struct Rebuilds {
     events: u64,
     /// Events per second of each run, in the order they ran.
@@ -795,14 +796,7 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
     })
     .await?;
     eprintln!("GET /toys/{{id}}/letters: {read_toy_letters}");
-    let mut rebuild_letters = Rebuilds {
-        events: 0,
-        per_s: Vec::new(),
-    };
-    let mut rebuild_analytics = Rebuilds {
-        events: 0,
-        per_s: Vec::new(),
-    };
+    let (mut rebuild_letters, mut rebuild_analytics) = (Rebuilds::default(), Rebuilds::default());
     for _ in 0..REBUILD_RUNS {
         for (name, runs) in [
             ("letters", &mut rebuild_letters),
