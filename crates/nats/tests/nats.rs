@@ -30,10 +30,11 @@ async fn log(name: &str, partitions: u32) -> Option<(Arc<NatsEventLog>, NatsOpti
     ))
 }
 
+/// Deletes the test's stream from the server; the test must have let go of every other
+/// handle on the log, or the stream would be left behind.
 async fn clean_up(log: Arc<NatsEventLog>) {
-    if let Ok(log) = Arc::try_unwrap(log) {
-        log.delete().await.unwrap();
-    }
+    let log = Arc::try_unwrap(log).expect("clean-up needs the last handle on the log");
+    log.delete().await.unwrap();
 }
 
 #[tokio::test]
