@@ -158,6 +158,18 @@ impl Db {
 }
 
 impl Db {
+    /// Has every reader connection open the WAL and its shared memory now, after the
+    /// writer turned the file to WAL mode (see `generations`): a connection opens them by
+    /// name at its first read in WAL mode, and holds them open from then on. One that did
+    /// so only after a later switch had deleted the files failed with "disk I/O error".
+    /// Runs on the calling thread (which must not be an async worker).
+    pub(crate) fn open_wal_on_readers(&self) -> rusqlite::Result<()> {
+        for reader in self.readers.iter() {
+            lock(reader).query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
     /// Runs `f` on the writer connection on the calling thread (which must not be an
     /// async worker).
     pub(crate) fn with_writer<T>(

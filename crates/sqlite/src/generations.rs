@@ -170,6 +170,7 @@ impl Generations {
                 "the rebuilt file stayed in journal mode {mode}"
             )));
         }
+        db.open_wal_on_readers().map_err(std::io::Error::other)?;
         // Written without fsync while it was being built: on disk before the pointer names it.
         fs::File::open(&path)?.sync_all()?;
         let pointer = dir.join(format!("{}.current", self.inner.stem));
@@ -298,5 +299,38 @@ impl<S: ?Sized + Send + Sync + std::fmt::Debug + 'static> StoreRebuild<S> for Fi
             })?;
         self.switched = true;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIGRATIONS: &[&str] = &["CREATE TABLE t (x INTEGER);"];
+
+    /// Reads enough to go through every reader connection of a `Db`.
+    const READERS_TRIED: usize = 8;
+
+    async fn rebuild_and_switch(live: &Generations) {
+        let rebuild = live.rebuild(Arc::new).await.unwrap();
+        rebuild.switch().await.unwrap();
+    }
+
+    /// A query that took the database in use just before a switch runs after it, on the
+    /// old generation's connections, whose files the switch has deleted meanwhile.
+    #[tokio::test]
+    async fn connections_of_a_replaced_generation_keep_reading_after_its_files_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Generations::open(dir.path(), "read", MIGRATIONS).unwrap();
+        rebuild_and_switch(&live).await;
+        let first_rebuilt = live.db();
+        rebuild_and_switch(&live).await;
+        assert!(!dir.path().join("read.1.db").exists());
+        for _ in 0..READERS_TRIED {
+            let count = first_rebuilt
+                .read(|conn| conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)))
+                .await;
+            assert_eq!(count.unwrap(), 0);
+        }
     }
 }
