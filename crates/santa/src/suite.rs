@@ -520,9 +520,7 @@ struct Rebuilds {
 impl Rebuilds {
     /// The median run's rate.
     fn median(&self) -> f64 {
-        let mut sorted = self.per_s.clone();
-        sorted.sort_by(f64::total_cmp);
-        sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+        median(self.per_s.clone())
     }
 
     /// Each run's rate, for the report.
