@@ -52,6 +52,12 @@ pub struct LetterCancelled {
     pub letter_id: LetterId,
 }
 
+/// The schema versions events are written with today (see [`Event::schema_version`]):
+/// one table for what is written and what is read without upcasting.
+const LETTER_SUBMITTED_VERSION: u32 = 2;
+const TOY_UPSERTED_VERSION: u32 = 1;
+const LETTER_CANCELLED_VERSION: u32 = 1;
+
 impl Event {
     /// The names under which events are stored; stable forever.
     pub const TOY_UPSERTED: &'static str = "ToyUpserted";
@@ -62,8 +68,9 @@ impl Event {
     /// `LetterSubmitted` v1 had no `country`; v2 always carries it (possibly null).
     pub fn schema_version(&self) -> u32 {
         match self {
-            Event::LetterSubmitted(_) => 2,
-            Event::ToyUpserted(_) | Event::LetterCancelled(_) => 1,
+            Event::LetterSubmitted(_) => LETTER_SUBMITTED_VERSION,
+            Event::ToyUpserted(_) => TOY_UPSERTED_VERSION,
+            Event::LetterCancelled(_) => LETTER_CANCELLED_VERSION,
         }
     }
 
@@ -71,8 +78,9 @@ impl Event {
     /// type this build does not know.
     pub fn current_schema_version(event_type: &str) -> Option<u32> {
         match event_type {
-            Self::LETTER_SUBMITTED => Some(2),
-            Self::TOY_UPSERTED | Self::LETTER_CANCELLED => Some(1),
+            Self::LETTER_SUBMITTED => Some(LETTER_SUBMITTED_VERSION),
+            Self::TOY_UPSERTED => Some(TOY_UPSERTED_VERSION),
+            Self::LETTER_CANCELLED => Some(LETTER_CANCELLED_VERSION),
             _ => None,
         }
     }
