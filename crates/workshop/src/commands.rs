@@ -69,22 +69,27 @@ impl CommandService {
             .collect();
         // Letters are new far more often than repeated: decided without reading the stream
         // first, unless it turns out to exist.
-        let expect = Expect::New;
-        self.decide_and_append(&stream, &toy_streams, expect, id, move |history, toys| {
-            let state = fold(LetterState::default(), LetterState::apply, &history);
-            let catalogue = toys
-                .iter()
-                .map(|last| {
-                    decode_all(last.as_slice())
-                        .map(|h| fold(ToyState::default(), ToyState::apply, &h))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let decision = state.decide_submit(cmd.clone(), |toy| {
-                let i = cmd.toys().iter().position(|(t, _)| t == toy)?;
-                catalogue.get(i).and_then(ToyState::price)
-            })?;
-            Ok((decision, history.first().map(|e| e.0)))
-        })
+        self.decide_and_append(
+            &stream,
+            &toy_streams,
+            Expect::New,
+            id,
+            move |history, toys| {
+                let state = fold(LetterState::default(), LetterState::apply, &history);
+                let catalogue = toys
+                    .iter()
+                    .map(|last| {
+                        decode_all(last.as_slice())
+                            .map(|h| fold(ToyState::default(), ToyState::apply, &h))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let decision = state.decide_submit(cmd.clone(), |toy| {
+                    let i = cmd.toys().iter().position(|(t, _)| t == toy)?;
+                    catalogue.get(i).and_then(ToyState::price)
+                })?;
+                Ok((decision, history.first().map(|e| e.0)))
+            },
+        )
         .await
     }
 
