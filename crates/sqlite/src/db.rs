@@ -93,7 +93,7 @@ pub(crate) struct Db {
     next_reader: Arc<AtomicUsize>,
 }
 
-const READERS: usize = 4;
+pub(crate) const READERS: usize = 4;
 
 impl Db {
     pub(crate) fn open(

@@ -308,9 +308,6 @@ mod tests {
 
     const MIGRATIONS: &[&str] = &["CREATE TABLE t (x INTEGER);"];
 
-    /// Reads enough to go through every reader connection of a `Db`.
-    const READERS_TRIED: usize = 8;
-
     async fn rebuild_and_switch(live: &Generations) {
         let rebuild = live.rebuild(Arc::new).await.unwrap();
         rebuild.switch().await.unwrap();
@@ -326,7 +323,8 @@ mod tests {
         let first_rebuilt = live.db();
         rebuild_and_switch(&live).await;
         assert!(!dir.path().join("read.1.db").exists());
-        for _ in 0..READERS_TRIED {
+        // Twice as many reads as readers: each reader is taken in turn.
+        for _ in 0..2 * crate::db::READERS {
             let count = first_rebuilt
                 .read(|conn| conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)))
                 .await;
