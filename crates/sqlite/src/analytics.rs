@@ -16,7 +16,7 @@ use crate::OpenError;
 use crate::generations::Generations;
 use crate::kv::{CHECKPOINTS_BY_PARTITION, begin_batch, end_batch, read_checkpoint};
 
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE toys (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
@@ -82,7 +82,7 @@ fn apply_change(conn: &Connection, change: &AnalyticsChange) -> rusqlite::Result
     Ok(())
 }
 
-fn insert_letter(conn: &Connection, letter: &LetterRow) -> rusqlite::Result<()> {
+pub(crate) fn insert_letter(conn: &Connection, letter: &LetterRow) -> rusqlite::Result<()> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO letters (id, child, country, total_cents, status, submitted_at_ms, submitted_day)

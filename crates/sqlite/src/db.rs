@@ -31,7 +31,7 @@ pub(crate) enum Durability {
 pub(crate) const WAL_AUTOCHECKPOINT: u32 = 250;
 
 /// The writer connection's page cache (16 MB).
-const WRITER_CACHE: &str = "PRAGMA cache_size = -16000";
+pub(crate) const WRITER_CACHE: &str = "PRAGMA cache_size = -16000";
 
 /// Opens a connection with the project's pragmas and brings the schema up to date.
 pub(crate) fn open(

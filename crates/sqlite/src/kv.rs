@@ -16,7 +16,7 @@ use crate::OpenError;
 use crate::db::store_error;
 use crate::generations::Generations;
 
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE items (
         pk TEXT NOT NULL,
         sk TEXT NOT NULL,
@@ -55,9 +55,9 @@ impl SqliteKvStore {
     }
 }
 
-const ITEM: &str = "SELECT pk, sk, gsi1pk, gsi1sk, data FROM items";
+pub(crate) const ITEM: &str = "SELECT pk, sk, gsi1pk, gsi1sk, data FROM items";
 
-fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
+pub(crate) fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     Ok(Item {
         pk: row.get(0)?,
         sk: row.get(1)?,
@@ -271,97 +271,4 @@ impl KvStore for SqliteKvStore {
             .rebuild(|db| Arc::new(SqliteKvStore { db }) as Arc<dyn KvStore>)
             .await
     }
-}
-
-/// The storage ceiling of a letters rebuild on this machine: writes, for `letters`
-/// synthetic two-line letters, the items the letters projection writes for them (the
-/// letter, its two lines, both toys' counters), with the same statements, in
-/// transactions of 5,000 letters, into a fresh `read.db` in `dir` kept as a rebuild keeps
-/// its file (no WAL, synced at the end); no event is decoded and no rule runs. Returns
-/// letters written per second.
-pub fn letters_write_ceiling(dir: &Path, letters: u64) -> Result<f64, OpenError> {
-    let path = dir.join("read.db");
-    let fail = |source| OpenError::Sqlite {
-        path: path.display().to_string(),
-        source,
-    };
-    // As a rebuild writes its fresh file.
-    let mut conn = crate::db::open(&path, crate::db::Durability::Scratch, MIGRATIONS)?;
-    let letter_data = format!(
-        "{{\"id\":\"{}\",\"child\":\"Bench\",\"address\":\"1 Load Lane\",\"country\":\"FI\",\
-         \"status\":\"submitted\",\"lines\":[{{\"toy_id\":\"bench-kite\",\"quantity\":2,\
-         \"unit_price_cents\":1250}},{{\"toy_id\":\"bench-drum\",\"quantity\":1,\
-         \"unit_price_cents\":4999}}],\"total_cents\":7499,\"submitted_at_ms\":1764000000000,\
-         \"cancelled_at_ms\":null,\"position\":123456}}",
-        uuid_like(0)
-    );
-    let started = std::time::Instant::now();
-    let mut n = 0;
-    while n < letters {
-        let tx = conn.transaction().map_err(fail)?;
-        {
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO items (pk, sk, gsi1pk, gsi1sk, data) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (pk, sk) DO UPDATE SET gsi1pk = excluded.gsi1pk, gsi1sk = excluded.gsi1sk,
-                     data = excluded.data",
-                )
-                .map_err(fail)?;
-            let mut exists = tx
-                .prepare_cached(&format!("{ITEM} WHERE pk = ?1 AND sk = ?2"))
-                .map_err(fail)?;
-            for _ in 0..5_000.min(letters - n) {
-                n += 1;
-                let id = uuid_like(n);
-                let pk = format!("LETTER#{id}");
-                exists
-                    .query_row([&pk, "#META"], row_to_item)
-                    .optional()
-                    .map_err(fail)?;
-                upsert
-                    .execute(params![pk, "#META", "LETTERS", id, letter_data])
-                    .map_err(fail)?;
-                for toy in ["bench-kite", "bench-drum"] {
-                    upsert
-                        .execute(params![
-                            pk,
-                            format!("LINE#{toy}"),
-                            format!("TOY#{toy}"),
-                            pk,
-                            "{\"child\":\"Bench\",\"quantity\":2}"
-                        ])
-                        .map_err(fail)?;
-                }
-            }
-            for toy in ["bench-kite", "bench-drum"] {
-                upsert
-                    .execute(params![
-                        format!("TOY#{toy}"),
-                        "#META",
-                        "TOYS",
-                        toy,
-                        format!("{{\"id\":\"{toy}\",\"letter_count\":{n}}}")
-                    ])
-                    .map_err(fail)?;
-            }
-        }
-        tx.commit().map_err(fail)?;
-    }
-    drop(conn);
-    std::fs::File::open(&path)
-        .and_then(|f| f.sync_all())
-        .map_err(|source| OpenError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-    Ok(letters as f64 / started.elapsed().as_secs_f64().max(f64::EPSILON))
-}
-
-/// A time-ordered, UUID-shaped id for `n`, like the letters' own (UUIDv7).
-fn uuid_like(n: u64) -> String {
-    format!(
-        "0192f0c4-{:04x}-7000-8000-{:012x}",
-        (n >> 48) & 0xffff,
-        n & 0xffff_ffff_ffff
-    )
 }

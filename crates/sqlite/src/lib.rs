@@ -6,6 +6,7 @@
 //! never hold a domain rule or projection logic; it only stores what it is given.
 
 mod analytics;
+mod ceiling;
 mod db;
 mod dead_letters;
 mod event_log;
@@ -14,10 +15,11 @@ mod idempotency;
 mod kv;
 
 pub use analytics::SqliteAnalyticsStore;
+pub use ceiling::{analytics_write_ceiling, letters_write_ceiling};
 pub use dead_letters::SqliteDeadLetters;
 pub use event_log::{SqliteEventLog, SqliteLogOptions};
 pub use idempotency::SqliteIdempotencyStore;
-pub use kv::{SqliteKvStore, letters_write_ceiling};
+pub use kv::SqliteKvStore;
 
 /// Failure to open or migrate a database.
 #[derive(Debug, thiserror::Error)]

@@ -276,3 +276,21 @@ fn the_write_ceiling_writes_what_the_letters_projection_writes() {
         12_000
     );
 }
+
+#[test]
+fn the_analytics_ceiling_inserts_what_the_analytics_projection_inserts() {
+    let dir = tempfile::tempdir().unwrap();
+    let rate = santa_sqlite::analytics_write_ceiling(dir.path(), 12_000).unwrap();
+    assert!(rate > 0.0);
+    let conn = rusqlite::Connection::open(dir.path().join("analytics.db")).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count("SELECT COUNT(*) FROM letters WHERE status = 'submitted'"),
+        12_000
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM letter_lines"), 24_000);
+    assert_eq!(
+        count("SELECT SUM(quantity) FROM letter_lines WHERE toy_id = 'bench-kite'"),
+        24_000
+    );
+}
