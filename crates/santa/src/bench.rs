@@ -125,7 +125,7 @@ pub struct BenchReport {
     /// How late the generator dispatched arrivals behind their schedule (its own timer
     /// tick and CPU share; the server cannot delay dispatch, the loop is open).
     pub dispatch_lateness: Summary,
-    /// The letters of this run are `<id_prefix><n>`, n from 1 to `offered`.
+    /// The letters of this run are [`letter_id`]`(id_prefix, n)`, n from 1 to `offered`.
     pub id_prefix: String,
     /// Why the first few failed letters failed (an error, or a status and its body).
     pub failures: Vec<String>,
@@ -328,7 +328,7 @@ impl Shared {
                 let mut id = String::new();
                 for (prefix, count) in &self.config.read_ids {
                     if k < *count {
-                        id = format!("{prefix}{}", k + 1);
+                        id = letter_id(prefix, k + 1);
                         break;
                     }
                     k -= count;
@@ -383,6 +383,14 @@ fn rate_at(config: &BenchConfig, elapsed: Duration) -> f64 {
         Scenario::Spike if elapsed >= third && elapsed < third * 2 => base * 5.0,
         _ => base,
     }
+}
+
+/// The id of the `n`-th letter of a run: the number zero-padded, so that a run's ids sort
+/// in the order they were sent, as the ids the server gives letters itself (UUIDv7) do;
+/// the stores' b-trees then grow as they do in use, and as the write ceilings measure
+/// them.
+pub fn letter_id(prefix: &str, n: u64) -> String {
+    format!("{prefix}{n:010}")
 }
 
 /// Runs the load and returns what it measured.
@@ -619,7 +627,7 @@ fn dispatch(
                     && config.path == "/letters"
                     && op == Op::Write
                     && offered.is_multiple_of(u64::from(config.lag_every));
-                let id = format!("{id_prefix}{offered}");
+                let id = letter_id(id_prefix, offered);
                 let n = offered;
                 tasks.spawn(async move {
                     match op {
@@ -679,9 +687,11 @@ impl fmt::Display for BenchReport {
         if self.acknowledged > 0 {
             writeln!(
                 f,
-                "letters sent: {p}1 to {p}{n} (read them with --read-ids {p}:{n})",
-                p = self.id_prefix,
-                n = self.offered
+                "letters sent: {} to {} (read them with --read-ids {}:{})",
+                letter_id(&self.id_prefix, 1),
+                letter_id(&self.id_prefix, self.offered),
+                self.id_prefix,
+                self.offered
             )?;
         }
         writeln!(
@@ -890,6 +900,18 @@ mod tests {
         let (url, gets) = toy_server(vec![StatusCode::METHOD_NOT_ALLOWED]).await;
         set_up_toys(&http, &BenchConfig::new(url)).await.unwrap();
         assert_eq!(gets.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_runs_letter_ids_sort_in_the_order_they_were_sent() {
+        let ids: Vec<String> = [1, 2, 9, 10, 99, 100, 123_456]
+            .iter()
+            .map(|n| letter_id("bench-7-", *n))
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, ids);
+        assert_eq!(ids[0], "bench-7-0000000001");
     }
 
     #[test]

@@ -96,9 +96,10 @@ struct BenchArgs {
     /// find-max: how long each rate is offered; `--rate` is the first rate.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     step: Duration,
-    /// reads: letters to read, as `PREFIX:COUNT` (ids `PREFIX1` to `PREFIXCOUNT`, e.g. the
-    /// letters of an earlier run, whose report names them); `{id}` in `--path` is
-    /// replaced by one of them. May be given more than once.
+    /// reads: letters to read, as `PREFIX:COUNT` (ids `PREFIX0000000001` up to COUNT, the
+    /// number zero-padded to ten digits: the letters of an earlier run, whose report
+    /// names them); `{id}` in `--path` is replaced by one of them. May be given more
+    /// than once.
     #[arg(long = "read-ids", value_parser = parse_read_ids)]
     read_ids: Vec<(String, u64)>,
     #[command(flatten)]
