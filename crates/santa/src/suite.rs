@@ -548,13 +548,16 @@ const CEILING_LETTERS: u64 = 500_000;
 /// What the tables' write ceilings say about the rebuild target: which tables take fewer
 /// letters per second than it asks for even with nothing else to do.
 fn ceilings_verdict(c: WriteCeilings) -> String {
-    let below: Vec<String> = [("letters", c.letters), ("analytics", c.analytics)]
-        .into_iter()
-        .filter(|(_, rate)| *rate < REBUILD_TARGET)
-        .map(|(name, rate)| {
-            format!("the {name} table's writes alone reach {rate:.0} letters/s here, so no {name} rebuild can")
-        })
-        .collect();
+    let below: Vec<String> = [
+        ("letters", "the letters table's", c.letters),
+        ("analytics", "the analytics tables'", c.analytics),
+    ]
+    .into_iter()
+    .filter(|(_, _, rate)| *rate < REBUILD_TARGET)
+    .map(|(name, tables, rate)| {
+        format!("{tables} writes alone reach {rate:.0} letters/s here, so no {name} rebuild can")
+    })
+    .collect();
     if below.is_empty() {
         format!(
             "the tables' writes alone reach letters {:.0}, analytics {:.0} letters/s",
