@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::path::Path;
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Transaction, params};
 use santa_workshop::analytics::{LetterRow, LineRow};
 
 use crate::OpenError;
@@ -32,20 +32,12 @@ pub fn letters_write_ceiling(dir: &Path, letters: u64) -> Result<f64, OpenError>
         crate::kv::MIGRATIONS,
         letters,
         |tx, batch| {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO items (pk, sk, gsi1pk, gsi1sk, data) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (pk, sk) DO UPDATE SET gsi1pk = excluded.gsi1pk, gsi1sk = excluded.gsi1sk,
-                 data = excluded.data",
-            )?;
-            let mut exists =
-                tx.prepare_cached(&format!("{} WHERE pk = ?1 AND sk = ?2", crate::kv::ITEM))?;
+            let mut upsert = tx.prepare_cached(crate::kv::UPSERT)?;
             let last = batch.end - 1;
             for n in batch {
                 let id = uuid_like(n);
                 let pk = format!("LETTER#{id}");
-                exists
-                    .query_row([&pk, "#META"], crate::kv::row_to_item)
-                    .optional()?;
+                crate::kv::get(tx, &pk, "#META")?;
                 upsert.execute(params![pk, "#META", "LETTERS", id, letter_data])?;
                 for toy in ["bench-kite", "bench-drum"] {
                     upsert.execute(params![

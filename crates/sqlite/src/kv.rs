@@ -55,9 +55,15 @@ impl SqliteKvStore {
     }
 }
 
-pub(crate) const ITEM: &str = "SELECT pk, sk, gsi1pk, gsi1sk, data FROM items";
+/// Writes an item, replacing the one under its key.
+pub(crate) const UPSERT: &str =
+    "INSERT INTO items (pk, sk, gsi1pk, gsi1sk, data) VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT (pk, sk) DO UPDATE SET gsi1pk = excluded.gsi1pk, gsi1sk = excluded.gsi1sk,
+     data = excluded.data";
 
-pub(crate) fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
+const ITEM: &str = "SELECT pk, sk, gsi1pk, gsi1sk, data FROM items";
+
+fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     Ok(Item {
         pk: row.get(0)?,
         sk: row.get(1)?,
@@ -159,11 +165,7 @@ impl<'a> Tx<'a> {
 
     /// Writes every changed item back.
     fn flush(self) -> rusqlite::Result<()> {
-        let mut upsert = self.conn.prepare_cached(
-            "INSERT INTO items (pk, sk, gsi1pk, gsi1sk, data) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (pk, sk) DO UPDATE SET gsi1pk = excluded.gsi1pk, gsi1sk = excluded.gsi1sk,
-             data = excluded.data",
-        )?;
+        let mut upsert = self.conn.prepare_cached(UPSERT)?;
         let mut delete = self
             .conn
             .prepare_cached("DELETE FROM items WHERE pk = ?1 AND sk = ?2")?;
@@ -206,7 +208,7 @@ impl KvWrite for Tx<'_> {
     }
 }
 
-fn get(conn: &Connection, pk: &str, sk: &str) -> rusqlite::Result<Option<Item>> {
+pub(crate) fn get(conn: &Connection, pk: &str, sk: &str) -> rusqlite::Result<Option<Item>> {
     conn.prepare_cached(&format!("{ITEM} WHERE pk = ?1 AND sk = ?2"))?
         .query_row([pk, sk], row_to_item)
         .optional()

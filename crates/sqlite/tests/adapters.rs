@@ -263,13 +263,18 @@ mod projections {
     }
 }
 
+/// Answers a query of one number on the database at `path`.
+fn counter(path: &std::path::Path) -> impl Fn(&str) -> i64 + use<> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    move |sql| conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
 #[test]
 fn the_write_ceiling_writes_what_the_letters_projection_writes() {
     let dir = tempfile::tempdir().unwrap();
     let rate = santa_sqlite::letters_write_ceiling(dir.path(), 12_000).unwrap();
     assert!(rate > 0.0);
-    let conn = rusqlite::Connection::open(dir.path().join("read.db")).unwrap();
-    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let count = counter(&dir.path().join("read.db"));
     assert_eq!(count("SELECT COUNT(*) FROM items"), 12_000 * 3 + 2);
     assert_eq!(
         count("SELECT COUNT(*) FROM items WHERE gsi1pk = 'TOY#bench-kite'"),
@@ -282,8 +287,7 @@ fn the_analytics_ceiling_inserts_what_the_analytics_projection_inserts() {
     let dir = tempfile::tempdir().unwrap();
     let rate = santa_sqlite::analytics_write_ceiling(dir.path(), 12_000).unwrap();
     assert!(rate > 0.0);
-    let conn = rusqlite::Connection::open(dir.path().join("analytics.db")).unwrap();
-    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let count = counter(&dir.path().join("analytics.db"));
     assert_eq!(
         count("SELECT COUNT(*) FROM letters WHERE status = 'submitted'"),
         12_000
