@@ -34,6 +34,13 @@ pub trait Rebuild: Send + Sync + std::fmt::Debug {
     /// The projection writing into the fresh tables, under the live projection's name.
     fn projection(&self) -> Arc<dyn Projection>;
 
+    /// The replay reached the log's head as it was at the start: the store completes what
+    /// it left out to replay faster (secondary indexes, say), before the live projection's
+    /// writes are held off for the switch.
+    async fn replayed(&mut self) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+
     /// Holds the live projection's writes off until the switch (or until this is dropped);
     /// queries go on.
     async fn freeze(&mut self) -> Result<(), ProjectionError>;
@@ -245,10 +252,12 @@ impl Rebuilder {
             ));
         }
 
-        // 2. Hold the live writers off and bring the fresh tables level with them.
+        // 2. Complete the fresh tables, hold the live writers off and bring the fresh
+        //    tables level with them.
         self.status
             .send_modify(|s| s.state = RebuildState::Switching);
         let mut rebuild = self.rebuild;
+        rebuild.replayed().await?;
         rebuild.freeze().await?;
         let parked: HashSet<Position> = match &self.dead_letters {
             Some((dead, _)) => dead

@@ -119,14 +119,23 @@ impl Generations {
             self.inner.stem,
             self.inner.migrations,
         );
-        let db = tokio::task::spawn_blocking(move || {
+        let (db, deferred) = tokio::task::spawn_blocking(move || {
             let path = file(&dir, stem, generation);
             remove_database(&path);
             // Each page written once (a WAL writes it twice: to the log, then back), and no
             // fsync: nothing reads the file but the rebuild, and nothing needs it after a
             // crash (the pointer still names the old generation; the next start removes
-            // it). The switch gives it its WAL back and syncs it before naming it.
-            Db::open(&path, Durability::Scratch, migrations)
+            // it). The switch gives it its WAL back and syncs it before naming it. No
+            // secondary index either until the replay is done: nothing queries the file
+            // before the switch, and the projection's own reads go by primary key.
+            let db = Db::open(&path, Durability::Scratch, migrations)?;
+            let deferred = db
+                .with_writer(|conn| crate::db::defer_secondary_indexes(conn))
+                .map_err(|source| OpenError::Sqlite {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            Ok::<_, OpenError>((db, deferred))
         })
         .await
         .map_err(|e| ProjectionError::Store(format!("store task failed: {e}")))?
@@ -146,6 +155,7 @@ impl Generations {
             generation,
             db,
             fresh,
+            deferred: Some(deferred),
             frozen: None,
             switched: false,
         }))
@@ -251,6 +261,8 @@ struct FileRebuild<S: ?Sized> {
     generation: u64,
     db: Db,
     fresh: Arc<S>,
+    /// The secondary indexes left out while replaying, until they are built.
+    deferred: Option<Vec<String>>,
     frozen: Option<OwnedRwLockWriteGuard<()>>,
     switched: bool,
 }
@@ -281,6 +293,20 @@ impl<S: ?Sized + Send + Sync + std::fmt::Debug + 'static> StoreRebuild<S> for Fi
         self.fresh.clone()
     }
 
+    /// Checks the foreign keys written without checks and builds the deferred indexes.
+    async fn replayed(&mut self) -> Result<(), ProjectionError> {
+        let Some(indexes) = self.deferred.take() else {
+            return Ok(());
+        };
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            db.with_writer(|conn| crate::db::complete(conn, &indexes))
+        })
+        .await
+        .map_err(|e| ProjectionError::Store(format!("store task failed: {e}")))?
+        .map_err(|e| ProjectionError::Store(format!("cannot complete the rebuilt file: {e}")))
+    }
+
     async fn freeze(&mut self) -> Result<(), ProjectionError> {
         if self.frozen.is_none() {
             self.frozen = Some(self.claim.0.inner.gate.clone().write_owned().await);
@@ -289,6 +315,7 @@ impl<S: ?Sized + Send + Sync + std::fmt::Debug + 'static> StoreRebuild<S> for Fi
     }
 
     async fn switch(mut self: Box<Self>) -> Result<(), ProjectionError> {
+        self.replayed().await?;
         self.freeze().await?;
         let (live, generation, db) = (self.claim.0.clone(), self.generation, self.db.clone());
         tokio::task::spawn_blocking(move || live.install(generation, db))
@@ -307,6 +334,83 @@ mod tests {
     use super::*;
 
     const MIGRATIONS: &[&str] = &["CREATE TABLE t (x INTEGER);"];
+
+    /// Parents and children, with a secondary index and a unique one.
+    const INDEXED: &[&str] = &["CREATE TABLE p (id TEXT PRIMARY KEY);
+        CREATE TABLE c (p TEXT NOT NULL REFERENCES p (id), x INTEGER NOT NULL);
+        CREATE INDEX c_p ON c (p);
+        CREATE UNIQUE INDEX c_x ON c (x);"];
+
+    async fn indexes(db: &Db) -> Vec<String> {
+        db.read(|conn| {
+            conn.prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn exec(store: &Generations, sql: &'static str) -> Result<(), StoreError> {
+        store
+            .write(move |conn| conn.execute_batch(sql).map_err(crate::db::store_error))
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_writes_without_secondary_indexes_and_builds_them_before_the_switch() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Generations::open(dir.path(), "read", INDEXED).unwrap();
+        let all = ["c_p", "c_x", "sqlite_autoindex_p_1"];
+        assert_eq!(indexes(&live.db()).await, all);
+        let mut rebuild = live.rebuild(Arc::new).await.unwrap();
+        let fresh = rebuild.fresh();
+        // The unique indexes stay: writes rely on them.
+        assert_eq!(indexes(&fresh.db()).await, ["c_x", "sqlite_autoindex_p_1"]);
+        exec(
+            &fresh,
+            "INSERT INTO p VALUES ('a'); INSERT INTO c VALUES ('a', 1)",
+        )
+        .await
+        .unwrap();
+        let duplicate = exec(&fresh, "INSERT INTO c VALUES ('a', 1)").await;
+        assert!(duplicate.is_err(), "{duplicate:?}");
+        rebuild.replayed().await.unwrap();
+        assert_eq!(indexes(&fresh.db()).await, all);
+        rebuild.switch().await.unwrap();
+        assert_eq!(indexes(&live.db()).await, all);
+        // The switched file's writer checks foreign keys again.
+        let orphan = exec(&live, "INSERT INTO c VALUES ('nobody', 2)").await;
+        assert!(orphan.is_err(), "{orphan:?}");
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_whose_rows_break_a_foreign_key_is_not_switched_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Generations::open(dir.path(), "read", INDEXED).unwrap();
+        exec(&live, "INSERT INTO p VALUES ('live')").await.unwrap();
+        let rebuild = live.rebuild(Arc::new).await.unwrap();
+        // Written unchecked while replaying; found at the end.
+        exec(&rebuild.fresh(), "INSERT INTO c VALUES ('ghost', 1)")
+            .await
+            .unwrap();
+        let error = rebuild.switch().await.unwrap_err();
+        assert!(
+            error.to_string().contains("1 rows of c name no row of p"),
+            "{error}"
+        );
+        let parents = live
+            .db()
+            .read(|conn| {
+                conn.query_row("SELECT group_concat(id) FROM p", [], |r| {
+                    r.get::<_, String>(0)
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(parents, "live");
+        assert!(!dir.path().join("read.1.db").exists());
+    }
 
     async fn rebuild_and_switch(live: &Generations) {
         let rebuild = live.rebuild(Arc::new).await.unwrap();

@@ -14,6 +14,11 @@ pub trait StoreRebuild<S: ?Sized>: Send + Sync + Debug {
     /// The store over the fresh tables.
     fn fresh(&self) -> Arc<S>;
 
+    /// The replay is done: completes what the fresh tables left out to replay faster.
+    async fn replayed(&mut self) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+
     /// Holds the live tables' writers off until the switch; readers go on.
     async fn freeze(&mut self) -> Result<(), ProjectionError>;
 
@@ -33,6 +38,10 @@ pub(crate) struct ProjectionRebuild<S: ?Sized> {
 impl<S: ?Sized + Send + Sync + Debug + 'static> Rebuild for ProjectionRebuild<S> {
     fn projection(&self) -> Arc<dyn Projection> {
         self.projection.clone()
+    }
+
+    async fn replayed(&mut self) -> Result<(), ProjectionError> {
+        self.store.replayed().await
     }
 
     async fn freeze(&mut self) -> Result<(), ProjectionError> {
