@@ -5,6 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use santa_cqrs::{Position, Progress, ProjectionError};
+use santa_workshop::Millis;
 use santa_workshop::analytics::{
     AnalyticsChange, AnalyticsStore, LetterRow, NAME, Totals, ToyDemand,
 };
@@ -77,68 +78,153 @@ impl PgAnalyticsStore {
     }
 }
 
-async fn apply_change(
+/// Applies a batch's changes in log order, each run of letters (or of cancellations) in
+/// one statement: a batch of 500 letters is two round trips and two statements instead of
+/// a thousand of each.
+async fn apply_changes(
     tx: &Transaction<'_>,
     schema: &str,
-    change: &AnalyticsChange,
+    changes: &[&AnalyticsChange],
 ) -> Result<(), tokio_postgres::Error> {
-    let sql = |sql| in_schema(sql, SCHEMA, schema);
-    match change {
-        AnalyticsChange::UpsertToy {
-            id,
-            name,
-            price_cents,
-        } => {
-            tx.execute(
-                &tx.prepare_cached(&sql("INSERT INTO santa_analytics.toys (id, name, price_cents) VALUES ($1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents")).await?,
-                &[id, name, price_cents],
-            )
-            .await?;
+    let mut rest = changes;
+    while let Some(first) = rest.first() {
+        let run = rest
+            .iter()
+            .take_while(|c| std::mem::discriminant(**c) == std::mem::discriminant(*first))
+            .count();
+        let (same, after) = rest.split_at(run);
+        match first {
+            AnalyticsChange::UpsertToy { .. } => {
+                for change in same {
+                    if let AnalyticsChange::UpsertToy {
+                        id,
+                        name,
+                        price_cents,
+                    } = change
+                    {
+                        upsert_toy(tx, schema, id, name, *price_cents).await?;
+                    }
+                }
+            }
+            AnalyticsChange::InsertLetter(_) => {
+                let letters = same.iter().filter_map(|c| match c {
+                    AnalyticsChange::InsertLetter(letter) => Some(letter),
+                    _ => None,
+                });
+                insert_letters(tx, schema, letters).await?;
+            }
+            AnalyticsChange::CancelLetter { .. } => {
+                let cancels = same.iter().filter_map(|c| match c {
+                    AnalyticsChange::CancelLetter { id, at_ms } => Some((id, *at_ms)),
+                    _ => None,
+                });
+                cancel_letters(tx, schema, cancels).await?;
+            }
         }
-        AnalyticsChange::InsertLetter(letter) => insert_letter(tx, schema, letter).await?,
-        AnalyticsChange::CancelLetter { id, at_ms } => {
-            tx.execute(
-                &tx.prepare_cached(&sql("UPDATE santa_analytics.letters SET status = 'cancelled', cancelled_at = to_timestamp($2::bigint / 1000.0)
-                 WHERE id = $1 AND status = 'submitted'")).await?,
-                &[id, at_ms],
-            )
-            .await?;
-        }
+        rest = after;
     }
     Ok(())
 }
 
-async fn insert_letter(
+async fn upsert_toy(
     tx: &Transaction<'_>,
     schema: &str,
-    letter: &LetterRow,
+    id: &str,
+    name: &str,
+    price_cents: i64,
 ) -> Result<(), tokio_postgres::Error> {
-    let sql = |sql| in_schema(sql, SCHEMA, schema);
-    let inserted = tx
-        .execute(
-            &tx.prepare_cached(&sql("INSERT INTO santa_analytics.letters (id, child, country, total_cents, status, submitted_at)
-             VALUES ($1, $2, $3, $4, 'submitted', to_timestamp($5::bigint / 1000.0))
-             ON CONFLICT (id) DO NOTHING")).await?,
-            &[&letter.id, &letter.child, &letter.country, &letter.total_cents, &letter.submitted_at_ms],
-        )
+    let sql = in_schema(
+        "INSERT INTO santa_analytics.toys (id, name, price_cents) VALUES ($1, $2, $3)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents",
+        SCHEMA,
+        schema,
+    );
+    tx.execute(&tx.prepare_cached(&sql).await?, &[&id, &name, &price_cents])
         .await?;
-    if inserted == 0 {
-        return Ok(());
+    Ok(())
+}
+
+/// Inserts letters that are not there yet, and the lines of those it inserted (a letter
+/// already there, or met earlier in the run, is left as it is, as one at a time would).
+async fn insert_letters<'a>(
+    tx: &Transaction<'_>,
+    schema: &str,
+    letters: impl Iterator<Item = &'a LetterRow>,
+) -> Result<(), tokio_postgres::Error> {
+    let mut seen = std::collections::HashSet::new();
+    let (mut ids, mut children, mut countries, mut totals, mut at) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut line_letters, mut toys, mut quantities, mut prices) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for letter in letters.filter(|l| seen.insert(l.id.as_str())) {
+        ids.push(letter.id.as_str());
+        children.push(letter.child.as_str());
+        countries.push(letter.country.as_deref());
+        totals.push(letter.total_cents);
+        at.push(letter.submitted_at_ms);
+        for line in &letter.lines {
+            line_letters.push(letter.id.as_str());
+            toys.push(line.toy_id.as_str());
+            quantities.push(i32::try_from(line.quantity).unwrap_or(i32::MAX));
+            prices.push(line.unit_price_cents);
+        }
     }
-    let toys: Vec<&str> = letter.lines.iter().map(|l| l.toy_id.as_str()).collect();
-    let quantities: Vec<i32> = letter
-        .lines
-        .iter()
-        .map(|l| i32::try_from(l.quantity).unwrap_or(i32::MAX))
-        .collect();
-    let prices: Vec<i64> = letter.lines.iter().map(|l| l.unit_price_cents).collect();
+    let sql = in_schema(
+        "WITH inserted AS (
+             INSERT INTO santa_analytics.letters (id, child, country, total_cents, status, submitted_at)
+             SELECT id, child, country, total, 'submitted', to_timestamp(at_ms / 1000.0)
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+                 AS l (id, child, country, total, at_ms)
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id)
+         INSERT INTO santa_analytics.letter_lines (letter_id, toy_id, quantity, unit_price_cents)
+         SELECT ln.letter_id, ln.toy_id, ln.quantity, ln.price
+         FROM UNNEST($6::text[], $7::text[], $8::int[], $9::bigint[])
+             AS ln (letter_id, toy_id, quantity, price)
+         JOIN inserted ON inserted.id = ln.letter_id",
+        SCHEMA,
+        schema,
+    );
     tx.execute(
-        &tx.prepare_cached(&sql("INSERT INTO santa_analytics.letter_lines (letter_id, toy_id, quantity, unit_price_cents)
-         SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[])")).await?,
-        &[&letter.id, &toys, &quantities, &prices],
+        &tx.prepare_cached(&sql).await?,
+        &[
+            &ids,
+            &children,
+            &countries,
+            &totals,
+            &at,
+            &line_letters,
+            &toys,
+            &quantities,
+            &prices,
+        ],
     )
     .await?;
+    Ok(())
+}
+
+/// Cancels the letters still submitted (the first cancellation of a letter counts, as one
+/// at a time).
+async fn cancel_letters<'a>(
+    tx: &Transaction<'_>,
+    schema: &str,
+    cancels: impl Iterator<Item = (&'a String, Millis)>,
+) -> Result<(), tokio_postgres::Error> {
+    let mut seen = std::collections::HashSet::new();
+    let (ids, at): (Vec<&str>, Vec<Millis>) = cancels
+        .filter(|(id, _)| seen.insert(id.as_str()))
+        .map(|(id, at)| (id.as_str(), at))
+        .unzip();
+    let sql = in_schema(
+        "UPDATE santa_analytics.letters l
+         SET status = 'cancelled', cancelled_at = to_timestamp(c.at_ms / 1000.0)
+         FROM UNNEST($1::text[], $2::bigint[]) AS c (id, at_ms)
+         WHERE l.id = c.id AND l.status = 'submitted'",
+        SCHEMA,
+        schema,
+    );
+    tx.execute(&tx.prepare_cached(&sql).await?, &[&ids, &at])
+        .await?;
     Ok(())
 }
 
@@ -159,11 +245,14 @@ impl AnalyticsStore for PgAnalyticsStore {
         let mut client = self.pg.client().await?;
         let tx = client.transaction().await.map_err(projection_error)?;
         let after = lock_checkpoint(&tx, self.schema, NAME, progress).await?;
-        for (_, change) in changes.iter().filter(|(p, _)| *p > after) {
-            apply_change(&tx, self.schema, change)
-                .await
-                .map_err(projection_error)?;
-        }
+        let fresh: Vec<&AnalyticsChange> = changes
+            .iter()
+            .filter(|(p, _)| *p > after)
+            .map(|(_, change)| change)
+            .collect();
+        apply_changes(&tx, self.schema, &fresh)
+            .await
+            .map_err(projection_error)?;
         end_batch(tx, self.schema, NAME, progress).await
     }
 

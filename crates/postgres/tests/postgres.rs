@@ -194,3 +194,86 @@ async fn the_postgres_stores_are_rebuilt_into_new_schemas_and_switched() {
         .collect();
     assert_eq!(schemas, ["santa_analytics", "santa_kv"]);
 }
+
+/// One batch whose changes depend on each other: a letter repeated, cancelled twice, a
+/// toy changed between letters, a letter submitted again after its cancellation. Applied
+/// a run at a time, it must end as one change at a time would.
+#[tokio::test]
+async fn the_postgres_analytics_store_applies_a_batch_as_one_change_at_a_time_would() {
+    use santa_workshop::analytics::{AnalyticsChange, LetterRow, LineRow};
+    let Some(pg) = database().await else { return };
+    let store = PgAnalyticsStore::open(pg).await.unwrap();
+    let toy = |id: &str, name: &str| AnalyticsChange::UpsertToy {
+        id: id.into(),
+        name: name.into(),
+        price_cents: 100,
+    };
+    let letter = |id: &str, country: &str, lines: &[(&str, u32, i64)]| {
+        AnalyticsChange::InsertLetter(LetterRow {
+            id: id.into(),
+            child: "Ada".into(),
+            country: Some(country.into()),
+            total_cents: lines.iter().map(|l| i64::from(l.1) * l.2).sum(),
+            submitted_at_ms: 1_764_000_000_000,
+            lines: lines
+                .iter()
+                .map(|&(toy_id, quantity, unit_price_cents)| LineRow {
+                    toy_id: toy_id.into(),
+                    quantity,
+                    unit_price_cents,
+                })
+                .collect(),
+        })
+    };
+    let cancel = |id: &str| AnalyticsChange::CancelLetter {
+        id: id.into(),
+        at_ms: 1_764_000_100_000,
+    };
+    let changes = vec![
+        toy("kite", "Kite"),
+        letter("a", "GB", &[("kite", 2, 100)]),
+        letter("a", "GB", &[("kite", 2, 100)]),
+        cancel("a"),
+        cancel("a"),
+        letter("b", "FI", &[("kite", 1, 100), ("drum", 3, 50)]),
+        toy("kite", "Red kite"),
+        letter("c", "FI", &[("drum", 1, 50)]),
+        cancel("c"),
+        letter("c", "FI", &[("drum", 1, 50)]),
+    ];
+    let upto = Position::new(changes.len() as u64);
+    let changes: Vec<_> = (1..).map(Position::new).zip(changes).collect();
+    store
+        .apply(
+            santa_cqrs::Progress::Advance {
+                partition: 0,
+                expected: Position::ZERO,
+                upto,
+            },
+            changes,
+        )
+        .await
+        .unwrap();
+    let demand: Vec<_> = store
+        .toy_demand(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.toy_id, d.name, d.quantity, d.letters, d.value_cents))
+        .collect();
+    assert_eq!(
+        demand,
+        [
+            ("drum".to_owned(), "drum".to_owned(), 3, 1, 150),
+            ("kite".to_owned(), "Red kite".to_owned(), 1, 1, 100)
+        ]
+    );
+    let countries: Vec<_> = store
+        .totals_by_country()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.key, t.letters, t.quantity, t.total_cents))
+        .collect();
+    assert_eq!(countries, [("FI".to_owned(), 1, 4, 250)]);
+}
