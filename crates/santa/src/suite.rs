@@ -432,6 +432,23 @@ async fn rebuild(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Resul
     }
 }
 
+/// Rebuilds the letters and the analytics projections in turn, `runs` times each.
+async fn rebuild_both(
+    http: &reqwest::Client,
+    url: &str,
+    runs: usize,
+) -> anyhow::Result<(Rebuilds, Rebuilds)> {
+    let (mut letters, mut analytics) = (Rebuilds::default(), Rebuilds::default());
+    for _ in 0..runs {
+        for (name, rebuilds) in [("letters", &mut letters), ("analytics", &mut analytics)] {
+            let (events, per_s) = rebuild(http, url, name).await?;
+            rebuilds.events = events;
+            rebuilds.per_s.push(per_s);
+        }
+    }
+    Ok((letters, analytics))
+}
+
 /// Samples a server's resident memory every 100 ms while `work` runs; returns the peaks
 /// of all of it and of its anonymous part.
 async fn peak_rss<T>(
@@ -835,17 +852,7 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
     })
     .await?;
     eprintln!("GET /toys/{{id}}/letters: {read_toy_letters}");
-    let (mut rebuild_letters, mut rebuild_analytics) = (Rebuilds::default(), Rebuilds::default());
-    for _ in 0..REBUILD_RUNS {
-        for (name, runs) in [
-            ("letters", &mut rebuild_letters),
-            ("analytics", &mut rebuild_analytics),
-        ] {
-            let (events, per_s) = rebuild(http, &url, name).await?;
-            runs.events = events;
-            runs.per_s.push(per_s);
-        }
-    }
+    let (rebuild_letters, rebuild_analytics) = rebuild_both(http, &url, REBUILD_RUNS).await?;
     drop(server);
     eprintln!("== the tables' write ceilings");
     let scratch = scratch_dir("ceiling");
@@ -964,15 +971,7 @@ async fn measure_scaled_out(
     .await?;
     drained(http, &url, Duration::from_secs(300)).await?;
     // The rebuilds run in the API process, which took the request.
-    let (mut rebuild_letters, mut rebuild_analytics) = (Rebuilds::default(), Rebuilds::default());
-    for (name, runs) in [
-        ("letters", &mut rebuild_letters),
-        ("analytics", &mut rebuild_analytics),
-    ] {
-        let (events, per_s) = rebuild(http, &url, name).await?;
-        runs.events = events;
-        runs.per_s.push(per_s);
-    }
+    let (rebuild_letters, rebuild_analytics) = rebuild_both(http, &url, 1).await?;
     drop(api);
     drop(projector);
     let options = santa_nats::NatsOptions::named(&stream, 8);
