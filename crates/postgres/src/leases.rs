@@ -162,8 +162,11 @@ impl Leases for PgLeases {
         let row = session
             .client
             .query_one(
+                // `pg_locks` shows the advisory locks of every database on the server;
+                // only this database's processes share its partitions.
                 "SELECT count(*) FROM pg_locks
-                 WHERE locktype = 'advisory' AND objsubid = 2 AND classid::bigint = $1 AND granted",
+                 WHERE locktype = 'advisory' AND objsubid = 2 AND classid::bigint = $1 AND granted
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                 &[&i64::from(MEMBERS)],
             )
             .await

@@ -142,6 +142,24 @@ async fn leases_are_exclusive_shared_fairly_and_released_with_their_process() {
     }
 }
 
+/// Two deployments on one PostgreSQL server, in two databases: each shares its partitions
+/// among its own processes only.
+#[tokio::test]
+async fn processes_of_another_database_take_no_share_of_this_ones_partitions() {
+    let (Some(here), Some(elsewhere)) = (database().await, database().await) else {
+        return;
+    };
+    let others = [
+        PgLeases::join(elsewhere.clone()).await.unwrap(),
+        PgLeases::join(elsewhere).await.unwrap(),
+    ];
+    for other in &others {
+        assert!(other.fair_share("letters", 8).await.unwrap() <= 4);
+    }
+    let alone = PgLeases::join(here).await.unwrap();
+    assert_eq!(alone.fair_share("letters", 8).await.unwrap(), 8);
+}
+
 #[tokio::test]
 async fn the_postgres_stores_keep_the_checkpoint_contract() {
     let Some(pg) = database().await else { return };
