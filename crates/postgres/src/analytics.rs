@@ -88,40 +88,39 @@ async fn apply_changes(
 ) -> Result<(), tokio_postgres::Error> {
     let mut rest = changes;
     while let Some(first) = rest.first() {
-        let run = rest
-            .iter()
-            .take_while(|c| std::mem::discriminant(**c) == std::mem::discriminant(*first))
-            .count();
-        let (same, after) = rest.split_at(run);
-        match first {
-            AnalyticsChange::UpsertToy { .. } => {
-                for change in same {
-                    if let AnalyticsChange::UpsertToy {
-                        id,
-                        name,
-                        price_cents,
-                    } = change
-                    {
-                        upsert_toy(tx, schema, id, name, *price_cents).await?;
-                    }
-                }
+        let taken = match first {
+            AnalyticsChange::UpsertToy {
+                id,
+                name,
+                price_cents,
+            } => {
+                upsert_toy(tx, schema, id, name, *price_cents).await?;
+                1
             }
             AnalyticsChange::InsertLetter(_) => {
-                let letters = same.iter().filter_map(|c| match c {
-                    AnalyticsChange::InsertLetter(letter) => Some(letter),
-                    _ => None,
-                });
-                insert_letters(tx, schema, letters).await?;
+                let letters: Vec<&LetterRow> = rest
+                    .iter()
+                    .map_while(|c| match c {
+                        AnalyticsChange::InsertLetter(letter) => Some(letter),
+                        _ => None,
+                    })
+                    .collect();
+                insert_letters(tx, schema, &letters).await?;
+                letters.len()
             }
             AnalyticsChange::CancelLetter { .. } => {
-                let cancels = same.iter().filter_map(|c| match c {
-                    AnalyticsChange::CancelLetter { id, at_ms } => Some((id, *at_ms)),
-                    _ => None,
-                });
-                cancel_letters(tx, schema, cancels).await?;
+                let cancels: Vec<(&str, Millis)> = rest
+                    .iter()
+                    .map_while(|c| match c {
+                        AnalyticsChange::CancelLetter { id, at_ms } => Some((id.as_str(), *at_ms)),
+                        _ => None,
+                    })
+                    .collect();
+                cancel_letters(tx, schema, &cancels).await?;
+                cancels.len()
             }
-        }
-        rest = after;
+        };
+        rest = &rest[taken..];
     }
     Ok(())
 }
@@ -146,17 +145,17 @@ async fn upsert_toy(
 
 /// Inserts letters that are not there yet, and the lines of those it inserted (a letter
 /// already there, or met earlier in the run, is left as it is, as one at a time would).
-async fn insert_letters<'a>(
+async fn insert_letters(
     tx: &Transaction<'_>,
     schema: &str,
-    letters: impl Iterator<Item = &'a LetterRow>,
+    letters: &[&LetterRow],
 ) -> Result<(), tokio_postgres::Error> {
     let mut seen = std::collections::HashSet::new();
     let (mut ids, mut children, mut countries, mut totals, mut at) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut line_letters, mut toys, mut quantities, mut prices) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for letter in letters.filter(|l| seen.insert(l.id.as_str())) {
+    for letter in letters.iter().filter(|l| seen.insert(l.id.as_str())) {
         ids.push(letter.id.as_str());
         children.push(letter.child.as_str());
         countries.push(letter.country.as_deref());
@@ -205,15 +204,16 @@ async fn insert_letters<'a>(
 
 /// Cancels the letters still submitted (the first cancellation of a letter counts, as one
 /// at a time).
-async fn cancel_letters<'a>(
+async fn cancel_letters(
     tx: &Transaction<'_>,
     schema: &str,
-    cancels: impl Iterator<Item = (&'a String, Millis)>,
+    cancels: &[(&str, Millis)],
 ) -> Result<(), tokio_postgres::Error> {
     let mut seen = std::collections::HashSet::new();
     let (ids, at): (Vec<&str>, Vec<Millis>) = cancels
-        .filter(|(id, _)| seen.insert(id.as_str()))
-        .map(|(id, at)| (id.as_str(), at))
+        .iter()
+        .filter(|(id, _)| seen.insert(*id))
+        .copied()
         .unzip();
     let sql = in_schema(
         "UPDATE santa_analytics.letters l
