@@ -34,13 +34,13 @@ pub(crate) async fn upsert_toy(
     Body(body): Body<UpsertToyRequest>,
 ) -> CommandResult {
     let started = Instant::now();
-    let fingerprint = fingerprint(&format!("PUT /toys/{id}"), &body);
-    let key = idempotency_key(&headers).map_err(|e| state.rejected("upsert_toy", e))?;
+    let key = Keyed::from_headers(&headers, || fingerprint(&format!("PUT /toys/{id}"), &body))
+        .map_err(|e| state.rejected("upsert_toy", e))?;
     let cmd = body
         .into_command(id)
         .map_err(|e| state.rejected("upsert_toy", e.into()))?;
     state
-        .run("upsert_toy", started, key, fingerprint, || {
+        .run("upsert_toy", started, key, || {
             state.commands.upsert_toy(cmd)
         })
         .await
@@ -59,12 +59,14 @@ pub(crate) async fn submit_letter(
     Body(body): Body<SubmitLetterRequest>,
 ) -> CommandResult {
     let started = Instant::now();
-    let fingerprint = fingerprint("POST /letters", &body);
-    let key = idempotency_key(&headers).map_err(|e| state.rejected("submit_letter", e))?;
+    let key = Keyed::from_headers(&headers, || fingerprint("POST /letters", &body))
+        .map_err(|e| state.rejected("submit_letter", e))?;
     let id = match &key {
         // Concurrent first tries with one key name the same letter, so they cannot both
         // create one.
-        Some(key) => uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes()).to_string(),
+        Some(keyed) => {
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, keyed.key.as_bytes()).to_string()
+        }
         // Time-ordered ids keep the stores' B-trees appending instead of splitting at random.
         None => uuid::Uuid::now_v7().to_string(),
     };
@@ -72,7 +74,7 @@ pub(crate) async fn submit_letter(
         .into_command(id)
         .map_err(|e| state.rejected("submit_letter", e.into()))?;
     state
-        .run("submit_letter", started, key, fingerprint, || {
+        .run("submit_letter", started, key, || {
             state.commands.submit_letter(cmd)
         })
         .await
@@ -90,14 +92,37 @@ pub(crate) async fn cancel_letter(
     headers: HeaderMap,
 ) -> CommandResult {
     let started = Instant::now();
-    let fingerprint = fingerprint(&format!("DELETE /letters/{id}"), &());
-    let key = idempotency_key(&headers).map_err(|e| state.rejected("cancel_letter", e))?;
+    let key = Keyed::from_headers(&headers, || {
+        fingerprint(&format!("DELETE /letters/{id}"), &())
+    })
+    .map_err(|e| state.rejected("cancel_letter", e))?;
     let id = LetterId::parse(id).map_err(|e| state.rejected("cancel_letter", e.into()))?;
     state
-        .run("cancel_letter", started, key, fingerprint, || {
+        .run("cancel_letter", started, key, || {
             state.commands.cancel_letter(CancelLetter { id })
         })
         .await
+}
+
+/// A command sent with an `Idempotency-Key`, and the fingerprint of the request it was
+/// sent with.
+struct Keyed {
+    key: String,
+    fingerprint: String,
+}
+
+impl Keyed {
+    /// The `Idempotency-Key` header, if sent, with the request's `fingerprint` (only then
+    /// worked out: a command without a key has no use for it).
+    fn from_headers(
+        headers: &HeaderMap,
+        fingerprint: impl FnOnce() -> String,
+    ) -> Result<Option<Self>, ApiError> {
+        Ok(idempotency_key(headers)?.map(|key| Self {
+            key,
+            fingerprint: fingerprint(),
+        }))
+    }
 }
 
 /// The `Idempotency-Key` header, if sent: 1 to 200 visible ASCII characters.
@@ -135,15 +160,14 @@ impl AppState {
         &self,
         command: &'static str,
         started: Instant,
-        key: Option<String>,
-        fingerprint: String,
+        key: Option<Keyed>,
         execute: F,
     ) -> CommandResult
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Accepted, CommandError>>,
     {
-        let Some(key) = key else {
+        let Some(Keyed { key, fingerprint }) = key else {
             return self.accepted(command, started, execute().await);
         };
         if let Some(kept) = self
