@@ -177,7 +177,7 @@ fn op_for(scenario: Scenario, n: u64) -> Op {
     }
 }
 
-fn histogram() -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn histogram() -> anyhow::Result<Histogram<u64>> {
     // Microseconds, from 1 µs to 10 minutes, three significant figures.
     Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")
 }
@@ -193,7 +193,10 @@ fn record(histogram: &Mutex<Histogram<u64>>, elapsed: Duration) {
 }
 
 fn summary(histogram: &Mutex<Histogram<u64>>) -> Summary {
-    let h = histogram.lock().unwrap_or_else(PoisonError::into_inner);
+    summary_of(&histogram.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+pub(crate) fn summary_of(h: &Histogram<u64>) -> Summary {
     Summary {
         count: h.len(),
         p50_us: h.value_at_quantile(0.5),

@@ -4,7 +4,7 @@
 //! and the raw figures.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::bench::{self, BenchConfig, BenchReport, FindMaxReport, Scenario};
+use crate::bench::{self, BenchConfig, BenchReport, FindMaxReport, Scenario, Summary};
 
 /// What to run, and where to write.
 #[derive(Debug, Clone)]
@@ -524,6 +524,65 @@ struct Embedded {
     rebuild_analytics: Rebuilds,
     /// Each projection's writes alone, straight into SQLite: letters per second.
     write_ceilings: WriteCeilings,
+    /// The disk's own time to make a small write durable.
+    disk_sync: DiskSync,
+}
+
+/// How long this machine's disk takes to make a small write durable, with nothing of ours
+/// in the way (see [`probe_disk_sync`]): every 202 of the durable path waits for the log's
+/// commit, so these bound its latency from below.
+#[derive(Debug, Clone, Copy)]
+struct DiskSync {
+    /// With nothing else running.
+    idle: Summary,
+    /// Beside the HTTP ceiling loaded at `rate`: the CPU the HTTP stack takes at that
+    /// rate, nothing stored.
+    beside_ceiling: Summary,
+    rate: u32,
+}
+
+/// 8 KiB writes over a 4 MiB file (overwrites, as the log's WAL once it has grown), each
+/// synced with `fdatasync` and timed, 0.5 ms apart, for `duration`; `dir` is made for the
+/// probe and removed after it. Blocking.
+fn probe_disk_sync(dir: &Path, duration: Duration) -> anyhow::Result<Summary> {
+    use std::os::unix::fs::FileExt;
+    const SPAN: u64 = 4 << 20;
+    const WRITE: u64 = 8 << 10;
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(dir.join("sync-probe"))?;
+    file.write_all_at(&vec![0; SPAN as usize], 0)?;
+    file.sync_all()?;
+    let block = vec![1; WRITE as usize];
+    let mut histogram = bench::histogram()?;
+    let started = std::time::Instant::now();
+    let mut offset = 0;
+    while started.elapsed() < duration {
+        file.write_all_at(&block, offset)?;
+        offset = (offset + WRITE) % SPAN;
+        let syncing = std::time::Instant::now();
+        file.sync_data()?;
+        histogram.saturating_record(
+            u64::try_from(syncing.elapsed().as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    drop(file);
+    std::fs::remove_dir_all(dir)?;
+    Ok(bench::summary_of(&histogram))
+}
+
+/// [`probe_disk_sync`] in a scratch directory beside the servers' (the same disk), after
+/// waiting `after`.
+async fn disk_sync(after: Duration, duration: Duration) -> anyhow::Result<Summary> {
+    tokio::time::sleep(after).await;
+    let dir = scratch_dir("sync");
+    tokio::task::spawn_blocking(move || probe_disk_sync(&dir, duration)).await?
 }
 
 /// How many letters per second each projection's tables take when nothing but their
@@ -709,6 +768,9 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
         let (_server, ready) = embedded(http, &format!("startup{i}")).await?;
         startup_ms.push(ready.as_secs_f64() * 1000.0);
     }
+    eprintln!("== the disk: small writes synced one at a time, nothing else running");
+    let idle_sync = disk_sync(Duration::ZERO, suite.run(5)).await?;
+    eprintln!("   {idle_sync}");
     let (server, _) = seeded(http, "idle").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = Memory::of(&server);
@@ -754,6 +816,36 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
 
     let (held_rate, at_max, drain_after_max) = hold_highest_rate(http, suite, durable_max).await?;
     let half_rate = (held_rate / 2).max(1);
+    // The same probe while the HTTP stack takes the CPU it takes at half load, storing
+    // nothing: what a commit of the log can expect from the disk at that rate.
+    let (server, _) = seeded(http, "sync").await?;
+    let beside = suite.run(8);
+    let (beside_ceiling, _) = tokio::try_join!(
+        disk_sync(
+            Duration::from_secs(1),
+            beside
+                .saturating_sub(Duration::from_secs(2))
+                .max(Duration::from_secs(1))
+        ),
+        steady(
+            &server.url,
+            Run {
+                path: "/bench/ceiling",
+                rate: half_rate,
+                duration: beside,
+                scenario: Scenario::Steady,
+                lag_every: 0,
+            },
+            suite,
+        ),
+    )?;
+    drop(server);
+    eprintln!("   the disk beside it: {beside_ceiling}");
+    let disk_sync = DiskSync {
+        idle: idle_sync,
+        beside_ceiling,
+        rate: half_rate,
+    };
     let (server, _) = seeded(http, "half").await?;
     let (half, load_memory) = peak_rss(
         &server,
@@ -887,6 +979,7 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
         rebuild_letters,
         rebuild_analytics,
         write_ceilings,
+        disk_sync,
     })
 }
 
@@ -1118,6 +1211,11 @@ fn write_report(
             "spike": run_json(&e.spike),
             "at_max": run_json(&e.at_max),
             "drain_after_max_s": e.drain_after_max.as_secs_f64(),
+            "disk_sync": {
+                "idle": summary_json(&e.disk_sync.idle),
+                "beside_ceiling": summary_json(&e.disk_sync.beside_ceiling),
+                "ceiling_rate": e.disk_sync.rate,
+            },
             "loaded_events": e.loaded_letters,
             "read_letter": run_json(&e.read_letter),
             "read_toy_letters": run_json(&e.read_toy_letters),
@@ -1233,11 +1331,16 @@ fn render(
         (
             "p99 acknowledgement ≤ 2 ms at half the highest sustained rate".into(),
             format!(
-                "{:.2} ms at {}/s (half of {}/s, the highest rate held through the {:.0} s run)",
+                "{:.2} ms at {}/s (half of {}/s, the highest rate held through the {:.0} s run); \
+                 the disk alone, beside the HTTP ceiling at {}/s, syncs a small write in p99 \
+                 {:.2} ms ({:.2} ms idle), and each 202 waits for the log's sync",
                 bound(&e.half),
                 half,
                 e.held_rate,
-                e.at_max.elapsed.as_secs_f64()
+                e.at_max.elapsed.as_secs_f64(),
+                e.disk_sync.rate,
+                ms(e.disk_sync.beside_ceiling.p99_us),
+                ms(e.disk_sync.idle.p99_us)
             ),
             bound(&e.half) <= 2.0,
         ),
@@ -1423,7 +1526,8 @@ fn render(
     }
     let _ = writeln!(
         out,
-        "\nThe CRUD baseline writes the read stores with `synchronous=NORMAL` (no fsync per request), while every 202 of the command path waits for the log's fsync (`synchronous=FULL`): the comparison favours CRUD.\n\nLag is the time from a letter's 202 until `GET /letters/{{id}}` serves it (every 10th or 20th letter is followed). *Steal* is the share of the machine's CPU time the hypervisor took during the run (Linux `steal` in `/proc/stat`): this machine is a virtual one, and whenever its host throttles it every thread in it waits, the load generator's included, so a run with steal has its tail latency lengthened by the host.\n\n![lag during a spike](bench/lag-during-spike.svg)\n\n![lag at the highest rate](bench/lag-at-max-rate.svg)"
+        "\nThe CRUD baseline writes the read stores with `synchronous=NORMAL` (no fsync per request), while every 202 of the command path waits for the log's fsync (`synchronous=FULL`): the comparison favours CRUD.\n\n**The disk.** Every 202 of the command path waits for the log's commit, a write synced to disk. This disk alone (8 KiB writes over a 4 MiB file, each synced with `fdatasync`, 0.5 ms apart): idle {}; beside the HTTP ceiling at {}/s (the CPU the HTTP stack takes at half load, nothing stored) {}.\n\nLag is the time from a letter's 202 until `GET /letters/{{id}}` serves it (every 10th or 20th letter is followed). *Steal* is the share of the machine's CPU time the hypervisor took during the run (Linux `steal` in `/proc/stat`): this machine is a virtual one, and whenever its host throttles it every thread in it waits, the load generator's included, so a run with steal has its tail latency lengthened by the host.\n\n![lag during a spike](bench/lag-during-spike.svg)\n\n![lag at the highest rate](bench/lag-at-max-rate.svg)",
+        e.disk_sync.idle, e.disk_sync.rate, e.disk_sync.beside_ceiling
     );
     let _ = writeln!(
         out,
@@ -1577,6 +1681,19 @@ mod tests {
     }
 
     #[test]
+    fn the_disk_probe_times_each_synced_write_and_leaves_nothing_behind() {
+        let dir = std::env::temp_dir().join(format!("santa-sync-probe-{}", std::process::id()));
+        let synced = probe_disk_sync(&dir, Duration::from_millis(200)).unwrap();
+        // At least one write synced and timed every 0.5 ms or so, each taking some time.
+        assert!(synced.count >= 2, "{synced}");
+        assert!(
+            synced.p50_us >= 1 && synced.p50_us <= synced.max_us,
+            "{synced}"
+        );
+        assert!(!dir.exists());
+    }
+
+    #[test]
     fn the_runs_at_cruds_rate_are_compared_by_their_median_p99() {
         let (median, each) = median_run(vec![report(1, 9), report(1, 3), report(1, 2)]).unwrap();
         assert_eq!(median.latency.p99_us, 3_000);
@@ -1642,6 +1759,11 @@ mod tests {
                 letters: 120_000.0,
                 analytics: 260_000.0,
             },
+            disk_sync: DiskSync {
+                idle: report(1, 1).latency,
+                beside_ceiling: report(1, 4).latency,
+                rate: 3_500,
+            },
         };
         let out = std::env::temp_dir().join(format!("santa-report-test-{}", std::process::id()));
         let suite = SuiteConfig {
@@ -1667,6 +1789,11 @@ mod tests {
         assert!(row("| durable `POST /letters` ≥ 60 %").ends_with("| met |"));
         assert!(row("| durable `POST /letters` ≥ 60 %").contains("70 %"));
         assert!(row("| p99 acknowledgement ≤ 2 ms").ends_with("| met |"));
+        // The disk's own sync beside the ceiling at half load, and idle, next to the target.
+        assert!(row("| p99 acknowledgement ≤ 2 ms").contains(
+            "beside the HTTP ceiling at 3500/s, syncs a small write in p99 4.00 ms (1.00 ms idle)"
+        ));
+        assert!(markdown.contains("beside the HTTP ceiling at 3500/s (the CPU the HTTP stack takes at half load, nothing stored) n=1 p50="));
         assert!(row("| ≥ 5× lower p99").contains("(7.0×)"));
         assert!(
             row("| ≥ 5× lower p99")
