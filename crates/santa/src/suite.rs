@@ -1102,10 +1102,67 @@ fn machine() -> String {
         })
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!(
+    let machine = format!(
         "{cores} cores ({cpu}), {memory_gb:.0} GiB, Linux {}",
         kernel.trim()
-    )
+    );
+    match cold_pageout(Path::new(DAMON_ADMIN)) {
+        Some(pageout) => format!("{machine}; {pageout}"),
+        None => machine,
+    }
+}
+
+/// Where the kernel's DAMON is configured (`CONFIG_DAMON_SYSFS`).
+const DAMON_ADMIN: &str = "/sys/kernel/mm/damon/admin";
+
+/// Whether this machine pages out memory nobody touched for a while (a running DAMON
+/// monitor with a `pageout` scheme, as some virtual machines use to hand memory back to
+/// their host), described for the report: it takes the page cache too, so a query of data
+/// left alone that long reads the disk, and the figures at size depend on it.
+fn cold_pageout(admin: &Path) -> Option<String> {
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|v| v.trim().to_owned())
+    };
+    let number = |path: PathBuf| read(path).and_then(|v| v.parse::<f64>().ok());
+    let kdamonds = std::fs::read_dir(admin.join("kdamonds")).ok()?;
+    for kdamond in kdamonds.flatten().map(|e| e.path()) {
+        if read(kdamond.join("state")).as_deref() != Some("on") {
+            continue;
+        }
+        let Ok(contexts) = std::fs::read_dir(kdamond.join("contexts")) else {
+            continue;
+        };
+        for context in contexts.flatten().map(|e| e.path()) {
+            let aggregation_us = number(context.join("monitoring_attrs/intervals/aggr_us"));
+            let Ok(schemes) = std::fs::read_dir(context.join("schemes")) else {
+                continue;
+            };
+            for scheme in schemes.flatten().map(|e| e.path()) {
+                if read(scheme.join("action")).as_deref() != Some("pageout") {
+                    continue;
+                }
+                let age = number(scheme.join("access_pattern/age/min"))
+                    .zip(aggregation_us)
+                    .map_or_else(String::new, |(intervals, us)| {
+                        format!(" for about {:.0} s", intervals * us / 1e6)
+                    });
+                let quota = number(scheme.join("quotas/bytes"))
+                    .filter(|bytes| *bytes > 0.0)
+                    .zip(number(scheme.join("quotas/reset_interval_ms")))
+                    .map_or_else(String::new, |(bytes, ms)| {
+                        format!(", up to {:.0} MiB every {ms:.0} ms", bytes / 1_048_576.0)
+                    });
+                return Some(format!(
+                    "this machine pages out memory left untouched{age} (a DAMON `pageout` \
+                     scheme{quota}), the page cache included: data not read for that long \
+                     is read from the disk again"
+                ));
+            }
+        }
+    }
+    None
 }
 
 fn curve_json(report: &FindMaxReport) -> Value {
@@ -1678,6 +1735,39 @@ mod tests {
             failures: Vec::new(),
             steal: Some(0.05),
         }
+    }
+
+    #[test]
+    fn a_running_damon_pageout_scheme_is_described_and_anything_else_is_not() {
+        let root = std::env::temp_dir().join(format!("santa-damon-{}", std::process::id()));
+        let context = root.join("kdamonds/0/contexts/0");
+        let scheme = context.join("schemes/0");
+        let put = |path: PathBuf, value: &str| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, format!("{value}\n")).unwrap();
+        };
+        put(root.join("kdamonds/0/state"), "on");
+        put(
+            context.join("monitoring_attrs/intervals/aggr_us"),
+            "5000000",
+        );
+        put(scheme.join("action"), "pageout");
+        put(scheme.join("access_pattern/age/min"), "12");
+        put(scheme.join("quotas/bytes"), "134217728");
+        put(scheme.join("quotas/reset_interval_ms"), "1000");
+        let described = cold_pageout(&root).unwrap();
+        assert!(
+            described.contains("left untouched for about 60 s (a DAMON `pageout` scheme, up to 128 MiB every 1000 ms)"),
+            "{described}"
+        );
+        // Another action, or a monitor that is off, pages nothing out.
+        put(scheme.join("action"), "stat");
+        assert_eq!(cold_pageout(&root), None);
+        put(scheme.join("action"), "pageout");
+        put(root.join("kdamonds/0/state"), "off");
+        assert_eq!(cold_pageout(&root), None);
+        assert_eq!(cold_pageout(&root.join("missing")), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
