@@ -324,20 +324,23 @@ impl LettersQueries {
     }
 
     /// The letters asking for a toy (one index query), or `None` if the toy is unknown.
+    /// The toy and its letters are read side by side: on a blocking store each read is a
+    /// hop to another thread, and the two need not wait for each other.
     pub async fn toy_letters(
         &self,
         id: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Option<(ToyView, Page<ToyLetter>)>, StoreError> {
-        let Some(toy) = self.toy(id).await? else {
+        let after = after.map(|a| format!("LETTER#{a}"));
+        let pk = toy_pk(id);
+        let (toy, items) = tokio::try_join!(
+            self.toy(id),
+            self.store.query_index(&pk, after.as_deref(), limit + 1)
+        )?;
+        let Some(toy) = toy else {
             return Ok(None);
         };
-        let after = after.map(|a| format!("LETTER#{a}"));
-        let items = self
-            .store
-            .query_index(&toy_pk(id), after.as_deref(), limit + 1)
-            .await?;
         Ok(Some((
             toy,
             page(items, limit, |l: &ToyLetter| l.letter_id.clone())?,
