@@ -579,7 +579,7 @@ fn probe_disk_sync(dir: &Path, duration: Duration) -> anyhow::Result<Summary> {
 
 /// [`probe_disk_sync`] in a scratch directory beside the servers' (the same disk), after
 /// waiting `after`.
-async fn disk_sync(after: Duration, duration: Duration) -> anyhow::Result<Summary> {
+async fn probe_disk_sync_later(after: Duration, duration: Duration) -> anyhow::Result<Summary> {
     tokio::time::sleep(after).await;
     let dir = scratch_dir("sync");
     tokio::task::spawn_blocking(move || probe_disk_sync(&dir, duration)).await?
@@ -769,7 +769,7 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
         startup_ms.push(ready.as_secs_f64() * 1000.0);
     }
     eprintln!("== the disk: small writes synced one at a time, nothing else running");
-    let idle_sync = disk_sync(Duration::ZERO, suite.run(5)).await?;
+    let idle_sync = probe_disk_sync_later(Duration::ZERO, suite.run(5)).await?;
     eprintln!("   {idle_sync}");
     let (server, _) = seeded(http, "idle").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -821,7 +821,7 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
     let (server, _) = seeded(http, "sync").await?;
     let beside = suite.run(8);
     let (beside_ceiling, _) = tokio::try_join!(
-        disk_sync(
+        probe_disk_sync_later(
             Duration::from_secs(1),
             beside
                 .saturating_sub(Duration::from_secs(2))
