@@ -325,6 +325,29 @@ async fn on_fresh_server(
     Ok((server, report))
 }
 
+/// How many find-max runs of the HTTP ceiling and of the durable path, taking turns.
+const RATIO_PAIRS: usize = 3;
+
+/// The pair (ceiling, durable) whose ratio of highest sustained rates is the median of
+/// `pairs` (the higher of the middle two for an even count), and every pair's highest
+/// rates (durable, ceiling) in the order run.
+fn median_pair(mut pairs: Vec<FindMaxPair>) -> anyhow::Result<(FindMaxPair, Vec<(u32, u32)>)> {
+    anyhow::ensure!(!pairs.is_empty(), "no find-max pair to take the median of");
+    let each = pairs
+        .iter()
+        .map(|(ceiling, durable)| (max_rate(durable), max_rate(ceiling)))
+        .collect();
+    let ratio = |(ceiling, durable): &FindMaxPair| {
+        f64::from(max_rate(durable)) / f64::from(max_rate(ceiling).max(1))
+    };
+    pairs.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+    let middle = pairs.len() / 2;
+    Ok((pairs.swap_remove(middle), each))
+}
+
+/// A find-max run of the HTTP ceiling and one of the durable path.
+type FindMaxPair = (FindMaxReport, FindMaxReport);
+
 /// How many runs of each at CRUD's highest rate, CQRS and CRUD taking turns.
 const EQUAL_RATE_PAIRS: usize = 3;
 
@@ -504,6 +527,9 @@ struct Embedded {
     idle: Memory,
     ceiling: FindMaxReport,
     durable: FindMaxReport,
+    /// Every find-max pair's highest sustained rates, (durable, ceiling), in the order
+    /// run; `ceiling` and `durable` are the pair of median ratio.
+    ratio_pairs: Vec<(u32, u32)>,
     crud: FindMaxReport,
     /// At CRUD's highest rate, the run of median p99 of each: (durable, crud).
     at_crud_max: (BenchReport, BenchReport),
@@ -790,12 +816,19 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
     // of one run leaks into the next.
     // Each is stopped before the next starts: a server left running after find-max goes on
     // projecting the backlog of its last steps beside the next measurement.
-    let (server, _) = seeded(http, "ceiling").await?;
-    let ceiling = find_max(&server.url, "/bench/ceiling", 2000, suite).await?;
-    drop(server);
-    let (server, _) = seeded(http, "durable").await?;
-    let durable = find_max(&server.url, "/letters", 1000, suite).await?;
-    drop(server);
+    // The ceiling and the durable path in turn, a few times: one find-max alone can land on
+    // a stretch of the host taking the CPU (steal), and the ratio of two moved by half.
+    let mut pairs = Vec::new();
+    for _ in 0..if suite.quick { 1 } else { RATIO_PAIRS } {
+        let (server, _) = seeded(http, "ceiling").await?;
+        let ceiling = find_max(&server.url, "/bench/ceiling", 2000, suite).await?;
+        drop(server);
+        let (server, _) = seeded(http, "durable").await?;
+        let durable = find_max(&server.url, "/letters", 1000, suite).await?;
+        drop(server);
+        pairs.push((ceiling, durable));
+    }
+    let ((ceiling, durable), ratio_pairs) = median_pair(pairs)?;
     let (server, _) = seeded(http, "crud").await?;
     let crud = find_max(&server.url, "/bench/crud", 500, suite).await?;
     drop(server);
@@ -986,6 +1019,7 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
         idle,
         ceiling,
         durable,
+        ratio_pairs,
         crud,
         at_crud_max: (durable_at_crud.0, crud_at_crud.0),
         at_crud_max_p99_us: (durable_at_crud.1, crud_at_crud.1),
@@ -1282,6 +1316,7 @@ fn write_report(
             "load_anon_mb": e.load.anon_mb,
             "ceiling": curve_json(&e.ceiling),
             "durable": curve_json(&e.durable),
+            "ratio_pairs": e.ratio_pairs.iter().map(|(durable, ceiling)| json!({"durable": durable, "ceiling": ceiling})).collect::<Vec<_>>(),
             "crud": curve_json(&e.crud),
             "at_crud_max": {
                 "durable": run_json(&e.at_crud_max.0),
@@ -1441,7 +1476,20 @@ fn render(
     let rows: Vec<(String, String, Verdict)> = vec![
         (
             "durable `POST /letters` ≥ 60 % of the HTTP ceiling (embedded)".into(),
-            format!("{durable}/s of {ceiling}/s = {:.0} %", ratio * 100.0),
+            format!(
+                "{durable}/s of {ceiling}/s = {:.0} %, the median of {} find-max pairs run in \
+                 turn ({})",
+                ratio * 100.0,
+                e.ratio_pairs.len(),
+                e.ratio_pairs
+                    .iter()
+                    .map(|(d, c)| format!(
+                        "{d} of {c}/s, {:.0} %",
+                        f64::from(*d) * 100.0 / f64::from((*c).max(1))
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
             Verdict::judge(ratio >= 0.6, false),
         ),
         (
@@ -1883,6 +1931,26 @@ mod tests {
     }
 
     #[test]
+    fn the_ceiling_and_the_durable_path_are_compared_by_the_pair_of_median_ratio() {
+        let pair = |ceiling: u32, durable: u32| {
+            (
+                curve("/bench/ceiling", &[(ceiling, 2, true)]),
+                curve("/letters", &[(durable, 2, true)]),
+            )
+        };
+        // 40 %, 90 %, 60 %: the third pair, though neither of its rates is the median.
+        let ((ceiling, durable), each) = median_pair(vec![
+            pair(10_000, 4_000),
+            pair(5_000, 4_500),
+            pair(8_000, 4_800),
+        ])
+        .unwrap();
+        assert_eq!((max_rate(&ceiling), max_rate(&durable)), (8_000, 4_800));
+        assert_eq!(each, [(4_000, 10_000), (4_500, 5_000), (4_800, 8_000)]);
+        assert!(median_pair(Vec::new()).is_err());
+    }
+
+    #[test]
     fn the_runs_at_cruds_rate_are_compared_by_their_median_p99() {
         let (median, each) = median_run(vec![report(1, 9), report(1, 3), report(1, 2)]).unwrap();
         assert_eq!(median.latency.p99_us, 3_000);
@@ -1934,6 +2002,7 @@ mod tests {
                 "/letters",
                 &[(4_000, 3, true), (7_000, 4, true), (8_400, 80, false)],
             ),
+            ratio_pairs: vec![(5_000, 10_000), (7_000, 10_000), (9_000, 10_000)],
             crud: curve("/bench/crud", &[(2_000, 20, true), (2_400, 99, false)]),
             at_crud_max: (report(2_000, 3), report(2_000, 21)),
             at_crud_max_p99_us: (vec![9_000, 3_000, 2_000], vec![21_000, 30_000, 5_000]),
@@ -1992,7 +2061,10 @@ mod tests {
         };
         // 7,000 of 10,000 is 70 %: met; 1 ms at half load: met; 3 ms against 21 ms is 7×.
         assert!(row("| durable `POST /letters` ≥ 60 %").ends_with("| met |"));
-        assert!(row("| durable `POST /letters` ≥ 60 %").contains("70 %"));
+        assert!(row("| durable `POST /letters` ≥ 60 %").contains(
+            "7000/s of 10000/s = 70 %, the median of 3 find-max pairs run in turn \
+             (5000 of 10000/s, 50 %; 7000 of 10000/s, 70 %; 9000 of 10000/s, 90 %)"
+        ));
         assert!(row("| p99 acknowledgement ≤ 2 ms").ends_with("| met |"));
         // The disk's own sync beside the ceiling at half load, and idle, next to the target.
         assert!(row("| p99 acknowledgement ≤ 2 ms").contains(
