@@ -977,28 +977,20 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
     // Reads spread over every letter loaded: the whole key space, not the newest only.
     let written = vec![(load.id_prefix.clone(), load.offered)];
     let read_rate = half_rate.max(100);
-    let read_letter = bench::run(BenchConfig {
-        duration: suite.run(15),
-        scenario: Scenario::Reads,
-        read_ids: written,
-        ..config(&url, "/letters/{id}", read_rate, suite)
-    })
-    .await?;
+    let reads = |path: &str, read_ids: Vec<(String, u64)>| {
+        bench::run(BenchConfig {
+            duration: suite.run(15),
+            scenario: Scenario::Reads,
+            read_ids,
+            ..config(&url, path, read_rate, suite)
+        })
+    };
+    let read_letter = reads("/letters/{id}", written).await?;
     eprintln!("GET /letters/{{id}}: {read_letter}");
-    let read_toy_letters = bench::run(BenchConfig {
-        duration: suite.run(15),
-        scenario: Scenario::Reads,
-        ..config(&url, "/toys/bench-kite/letters?limit=20", read_rate, suite)
-    })
-    .await?;
+    let read_toy_letters = reads("/toys/bench-kite/letters?limit=20", Vec::new()).await?;
     eprintln!("GET /toys/{{id}}/letters: {read_toy_letters}");
     // The floor of both: a GET of the same server that reads nothing, at the same rate.
-    let read_nothing = bench::run(BenchConfig {
-        duration: suite.run(15),
-        scenario: Scenario::Reads,
-        ..config(&url, "/healthz", read_rate, suite)
-    })
-    .await?;
+    let read_nothing = reads("/healthz", Vec::new()).await?;
     eprintln!("GET /healthz: {read_nothing}");
     let (rebuild_letters, rebuild_analytics) = rebuild_both(http, &url, REBUILD_RUNS).await?;
     drop(server);
@@ -1975,6 +1967,15 @@ mod tests {
         }
     }
 
+    /// The row of the targets table that starts with `start`.
+    fn target_row(markdown: &str, start: &str) -> String {
+        markdown
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no row {start}: {markdown}"))
+            .to_owned()
+    }
+
     /// The suite's flags for the report tests.
     fn test_suite() -> SuiteConfig {
         SuiteConfig {
@@ -2052,13 +2053,7 @@ mod tests {
         };
         write_report(&suite, &e, None, None).unwrap();
         let markdown = std::fs::read_to_string(out.join("BENCHMARKS.md")).unwrap();
-        let row = |start: &str| {
-            markdown
-                .lines()
-                .find(|l| l.starts_with(start))
-                .unwrap_or_else(|| panic!("no row {start}: {markdown}"))
-                .to_owned()
-        };
+        let row = |start: &str| target_row(&markdown, start);
         // 7,000 of 10,000 is 70 %: met; 1 ms at half load: met; 3 ms against 21 ms is 7×.
         assert!(row("| durable `POST /letters` ≥ 60 %").ends_with("| met |"));
         assert!(row("| durable `POST /letters` ≥ 60 %").contains(
@@ -2134,13 +2129,7 @@ mod tests {
             analytics: 300_000.0,
         };
         let markdown = render(&test_suite(), &e, None, None);
-        let row = |start: &str| {
-            markdown
-                .lines()
-                .find(|l| l.starts_with(start))
-                .unwrap_or_else(|| panic!("no row {start}: {markdown}"))
-                .to_owned()
-        };
+        let row = |start: &str| target_row(&markdown, start);
         let out_of_reach = "| **missed**: out of this machine's reach (the floor beside it) |";
         assert!(row("| p99 acknowledgement ≤ 2 ms").ends_with(out_of_reach));
         assert!(row("| ≥ 5× lower p99").ends_with(out_of_reach));
@@ -2156,13 +2145,7 @@ mod tests {
         e.ceiling_at_half = report(3_500, 1);
         e.read_nothing = report(3_500, 4);
         let markdown = render(&test_suite(), &e, None, None);
-        let row = |start: &str| {
-            markdown
-                .lines()
-                .find(|l| l.starts_with(start))
-                .unwrap_or_else(|| panic!("no row {start}: {markdown}"))
-                .to_owned()
-        };
+        let row = |start: &str| target_row(&markdown, start);
         assert!(row("| p99 acknowledgement ≤ 2 ms").ends_with("| **missed** |"));
         assert!(row("| query p99 ≤ 2 ms").ends_with(out_of_reach));
     }
