@@ -337,12 +337,15 @@ fn median_pair(mut pairs: Vec<FindMaxPair>) -> anyhow::Result<(FindMaxPair, Vec<
         .iter()
         .map(|(ceiling, durable)| (max_rate(durable), max_rate(ceiling)))
         .collect();
-    let ratio = |(ceiling, durable): &FindMaxPair| {
-        f64::from(max_rate(durable)) / f64::from(max_rate(ceiling).max(1))
-    };
+    let ratio = |(ceiling, durable): &FindMaxPair| share_of(max_rate(durable), max_rate(ceiling));
     pairs.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
     let middle = pairs.len() / 2;
     Ok((pairs.swap_remove(middle), each))
+}
+
+/// `durable` as a share of `ceiling` (rates per second).
+fn share_of(durable: u32, ceiling: u32) -> f64 {
+    f64::from(durable) / f64::from(ceiling.max(1))
 }
 
 /// A find-max run of the HTTP ceiling and one of the durable path.
@@ -1426,7 +1429,7 @@ fn render(
     let durable = max_rate(&e.durable);
     let crud = max_rate(&e.crud);
     let half = (e.held_rate / 2).max(1);
-    let ratio = f64::from(durable) / f64::from(ceiling.max(1));
+    let ratio = share_of(durable, ceiling);
     let (durable_at_crud, crud_at_crud) = &e.at_crud_max;
     let each_p99 = |p99s: &[u64]| {
         p99s.iter()
@@ -1476,10 +1479,7 @@ fn render(
                     e.ratio_pairs.len(),
                     e.ratio_pairs
                         .iter()
-                        .map(|(d, c)| format!(
-                            "{d} of {c}/s, {:.0} %",
-                            f64::from(*d) * 100.0 / f64::from((*c).max(1))
-                        ))
+                        .map(|(d, c)| format!("{d} of {c}/s, {:.0} %", share_of(*d, *c) * 100.0))
                         .collect::<Vec<_>>()
                         .join("; ")
                 )
