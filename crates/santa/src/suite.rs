@@ -1616,10 +1616,15 @@ fn render(
             Verdict::judge(
                 e.rebuild_letters.median() >= REBUILD_TARGET
                     && e.rebuild_analytics.median() >= REBUILD_TARGET,
-                (e.rebuild_letters.median() < REBUILD_TARGET
-                    && e.write_ceilings.letters < REBUILD_TARGET)
-                    || (e.rebuild_analytics.median() < REBUILD_TARGET
-                        && e.write_ceilings.analytics < REBUILD_TARGET),
+                // Out of reach only when every store that missed is bounded below it.
+                [
+                    (&e.rebuild_letters, e.write_ceilings.letters),
+                    (&e.rebuild_analytics, e.write_ceilings.analytics),
+                ]
+                .iter()
+                .all(|(rebuilds, ceiling)| {
+                    rebuilds.median() >= REBUILD_TARGET || *ceiling < REBUILD_TARGET
+                }),
             ),
         ),
     ];
@@ -2152,5 +2157,11 @@ mod tests {
         let row = |start: &str| target_row(&markdown, start);
         assert!(row("| p99 acknowledgement ≤ 2 ms").ends_with("| **missed** |"));
         assert!(row("| query p99 ≤ 2 ms").ends_with(out_of_reach));
+        // Both rebuilds missed, only the letters table's writes are below the target: the
+        // analytics rebuild is ours to speed up, so the target is only missed.
+        e.write_ceilings.letters = 120_000.0;
+        e.rebuild_analytics.per_s = vec![150_000.0];
+        let markdown = render(&test_suite(), &e, None, None);
+        assert!(target_row(&markdown, "| rebuild ≥ 200,000").ends_with("| **missed** |"));
     }
 }
