@@ -15,8 +15,10 @@ use santa_workshop::rebuild::StoreRebuild;
 use crate::rebuild::{in_schema, rebuild};
 
 use crate::db::{
-    OpenError, Pg, end_batch, lock_checkpoint, projection_error, read_checkpoint, store_error,
+    OpenError, Pg, end_batch, lock_checkpoint, lock_checkpoints, projection_error, read_checkpoint,
+    store_error, write_checkpoints,
 };
+use crate::group::{self, Group};
 
 const SCHEMA: &str = "santa_analytics";
 
@@ -51,13 +53,19 @@ pub struct PgAnalyticsStore {
     pg: Pg,
     /// `santa_analytics`, or the schema a rebuild fills.
     schema: &'static str,
+    /// Batches of the partitions' workers waiting to share a transaction.
+    group: Arc<Group<Job>>,
 }
 
 impl PgAnalyticsStore {
     /// Connects and brings the `santa_analytics` schema up to date.
     pub async fn open(pg: Pg) -> Result<Self, OpenError> {
         pg.migrate(SCHEMA, MIGRATIONS).await?;
-        Ok(Self { pg, schema: SCHEMA })
+        Ok(Self {
+            pg,
+            schema: SCHEMA,
+            group: Arc::default(),
+        })
     }
 
     async fn totals(&self, sql: &str) -> Result<Vec<Totals>, StoreError> {
@@ -75,6 +83,85 @@ impl PgAnalyticsStore {
                 total_cents: r.get(3),
             })
             .collect())
+    }
+}
+
+/// A batch handed to the store: its checkpoint move and its changes.
+struct Job {
+    progress: Progress,
+    changes: Vec<(Position, AnalyticsChange)>,
+}
+
+impl PgAnalyticsStore {
+    /// The batches that gathered (see `group`): in one transaction when they can share
+    /// one, else, or when that one fails, each in its own (so that a failure is its own
+    /// batch's).
+    async fn write_group(&self, jobs: Vec<Job>) -> Vec<Result<(), ProjectionError>> {
+        let progresses: Vec<Progress> = jobs.iter().map(|j| j.progress).collect();
+        if jobs.len() > 1 && group::can_share(&progresses) {
+            match self.write_shared(&jobs, &progresses).await {
+                Ok(results) => return results,
+                Err(error) => {
+                    tracing::debug!(%error, batches = jobs.len(), "group transaction failed; writing its batches one by one");
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            results.push(self.write_one(job.progress, &job.changes).await);
+        }
+        results
+    }
+
+    /// One batch in its own transaction.
+    async fn write_one(
+        &self,
+        progress: Progress,
+        changes: &[(Position, AnalyticsChange)],
+    ) -> Result<(), ProjectionError> {
+        let mut client = self.pg.client().await?;
+        let tx = client.transaction().await.map_err(projection_error)?;
+        let after = lock_checkpoint(&tx, self.schema, NAME, progress).await?;
+        let fresh: Vec<&AnalyticsChange> = changes
+            .iter()
+            .filter(|(p, _)| *p > after)
+            .map(|(_, change)| change)
+            .collect();
+        apply_changes(&tx, self.schema, &fresh)
+            .await
+            .map_err(projection_error)?;
+        end_batch(tx, self.schema, NAME, progress).await
+    }
+
+    /// Advances of different partitions in one transaction: each batch whose checkpoint
+    /// moved is refused alone, the others' changes go in together, in batch order.
+    async fn write_shared(
+        &self,
+        jobs: &[Job],
+        progresses: &[Progress],
+    ) -> Result<Vec<Result<(), ProjectionError>>, ProjectionError> {
+        let mut client = self.pg.client().await?;
+        let tx = client.transaction().await.map_err(projection_error)?;
+        let stored =
+            lock_checkpoints(&tx, self.schema, NAME, &group::partitions(progresses)).await?;
+        let admitted = group::admit(progresses, &stored);
+        let fresh: Vec<&AnalyticsChange> = jobs
+            .iter()
+            .zip(&admitted)
+            .filter_map(|(job, admitted)| admitted.as_ref().ok().map(|after| (job, *after)))
+            .flat_map(|(job, after)| {
+                job.changes
+                    .iter()
+                    .filter(move |(p, _)| *p > after)
+                    .map(|(_, change)| change)
+            })
+            .collect();
+        apply_changes(&tx, self.schema, &fresh)
+            .await
+            .map_err(projection_error)?;
+        write_checkpoints(&tx, self.schema, NAME, &group::moves(progresses, &admitted)).await?;
+        tx.commit().await.map_err(projection_error)?;
+        Ok(admitted.into_iter().map(|a| a.map(|_| ())).collect())
     }
 }
 
@@ -242,18 +329,8 @@ impl AnalyticsStore for PgAnalyticsStore {
         progress: Progress,
         changes: Vec<(Position, AnalyticsChange)>,
     ) -> Result<(), ProjectionError> {
-        let mut client = self.pg.client().await?;
-        let tx = client.transaction().await.map_err(projection_error)?;
-        let after = lock_checkpoint(&tx, self.schema, NAME, progress).await?;
-        let fresh: Vec<&AnalyticsChange> = changes
-            .iter()
-            .filter(|(p, _)| *p > after)
-            .map(|(_, change)| change)
-            .collect();
-        apply_changes(&tx, self.schema, &fresh)
-            .await
-            .map_err(projection_error)?;
-        end_batch(tx, self.schema, NAME, progress).await
+        let job = Job { progress, changes };
+        self.group.submit(job, |jobs| self.write_group(jobs)).await
     }
 
     async fn toy_demand(&self, limit: usize) -> Result<Vec<ToyDemand>, StoreError> {
@@ -306,7 +383,11 @@ impl AnalyticsStore for PgAnalyticsStore {
     async fn rebuild(&self) -> Result<Box<dyn StoreRebuild<dyn AnalyticsStore>>, ProjectionError> {
         let pg = self.pg.clone();
         rebuild(&self.pg, SCHEMA, MIGRATIONS, move |schema| {
-            Arc::new(PgAnalyticsStore { pg, schema }) as Arc<dyn AnalyticsStore>
+            Arc::new(PgAnalyticsStore {
+                pg,
+                schema,
+                group: Arc::default(),
+            }) as Arc<dyn AnalyticsStore>
         })
         .await
     }

@@ -236,6 +236,87 @@ pub(crate) async fn end_batch(
     tx.commit().await.map_err(projection_error)
 }
 
+/// Inside `tx`, for a group of batches (see `group`): locks the checkpoints of
+/// `partitions`, in partition order as a lone batch's single row is, and returns them.
+pub(crate) async fn lock_checkpoints(
+    tx: &deadpool_postgres::Transaction<'_>,
+    schema: &str,
+    projection: &str,
+    partitions: &[u32],
+) -> Result<Vec<(u32, Position)>, ProjectionError> {
+    let parts: Vec<i32> = partitions
+        .iter()
+        .map(|p| i32::try_from(*p).unwrap_or(i32::MAX))
+        .collect();
+    tx.execute(
+        &tx.prepare_cached(&format!(
+            "INSERT INTO {schema}.checkpoints (projection, partition, position)
+             SELECT $1, p, 0 FROM UNNEST($2::int[]) AS p ORDER BY p
+             ON CONFLICT (projection, partition) DO NOTHING"
+        ))
+        .await
+        .map_err(projection_error)?,
+        &[&projection, &parts],
+    )
+    .await
+    .map_err(projection_error)?;
+    let rows = tx
+        .query(
+            &tx.prepare_cached(&format!(
+                "SELECT partition, position FROM {schema}.checkpoints
+                 WHERE projection = $1 AND partition = ANY($2) ORDER BY partition FOR UPDATE"
+            ))
+            .await
+            .map_err(projection_error)?,
+            &[&projection, &parts],
+        )
+        .await
+        .map_err(projection_error)?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            (
+                u32::try_from(row.get::<_, i32>(0)).unwrap_or(0),
+                Position::new(u64::try_from(row.get::<_, i64>(1)).unwrap_or(0)),
+            )
+        })
+        .collect())
+}
+
+/// Inside `tx`, for a group of batches: moves each (partition, position) checkpoint.
+pub(crate) async fn write_checkpoints(
+    tx: &deadpool_postgres::Transaction<'_>,
+    schema: &str,
+    projection: &str,
+    moves: &[(u32, Position)],
+) -> Result<(), ProjectionError> {
+    if moves.is_empty() {
+        return Ok(());
+    }
+    let (parts, positions): (Vec<i32>, Vec<i64>) = moves
+        .iter()
+        .map(|(p, position)| {
+            (
+                i32::try_from(*p).unwrap_or(i32::MAX),
+                i64::try_from(position.get()).unwrap_or(i64::MAX),
+            )
+        })
+        .unzip();
+    tx.execute(
+        &tx.prepare_cached(&format!(
+            "UPDATE {schema}.checkpoints AS c SET position = m.position
+             FROM UNNEST($2::int[], $3::bigint[]) AS m (partition, position)
+             WHERE c.projection = $1 AND c.partition = m.partition"
+        ))
+        .await
+        .map_err(projection_error)?,
+        &[&projection, &parts, &positions],
+    )
+    .await
+    .map_err(projection_error)?;
+    Ok(())
+}
+
 pub(crate) async fn write_checkpoint(
     tx: &deadpool_postgres::Transaction<'_>,
     schema: &str,

@@ -13,8 +13,11 @@ use tokio_postgres::Row;
 use crate::rebuild::{in_schema, rebuild};
 
 use crate::db::{
-    OpenError, Pg, end_batch, lock_checkpoint, projection_error, read_checkpoint, store_error,
+    OpenError, Pg, end_batch, lock_checkpoint, lock_checkpoints, projection_error, read_checkpoint,
+    store_error, write_checkpoints,
 };
+use crate::group::{self, Group};
+use deadpool_postgres::Transaction;
 
 const SCHEMA: &str = "santa_kv";
 
@@ -40,13 +43,19 @@ pub struct PgKvStore {
     pg: Pg,
     /// `santa_kv`, or the schema a rebuild fills.
     schema: &'static str,
+    /// Batches of the partitions' workers waiting to share a transaction.
+    group: Arc<Group<Job>>,
 }
 
 impl PgKvStore {
     /// Connects and brings the `santa_kv` schema up to date.
     pub async fn open(pg: Pg) -> Result<Self, OpenError> {
         pg.migrate(SCHEMA, MIGRATIONS).await?;
-        Ok(Self { pg, schema: SCHEMA })
+        Ok(Self {
+            pg,
+            schema: SCHEMA,
+            group: Arc::default(),
+        })
     }
 
     /// `sql`, written against `santa_kv`, for this store's schema.
@@ -65,28 +74,92 @@ fn row_to_item(row: &Row) -> Item {
     }
 }
 
-#[async_trait]
-impl KvStore for PgKvStore {
-    async fn checkpoint(&self, projection: &str, partition: u32) -> Result<Position, StoreError> {
-        let client = self.pg.client().await?;
-        read_checkpoint(&**client, self.schema, projection, partition)
-            .await
-            .map_err(store_error)
+/// A batch handed to the store: its projection, checkpoint move, events and item logic.
+struct Job {
+    projection: &'static str,
+    progress: Progress,
+    events: Vec<Envelope>,
+    apply: KvApply,
+}
+
+impl PgKvStore {
+    /// The batches that gathered (see `group`): in one transaction when they can share
+    /// one (advances of one projection, different partitions), else, or when that one
+    /// fails, each in its own (so that a failure is its own batch's).
+    async fn write_group(&self, jobs: Vec<Job>) -> Vec<Result<(), ProjectionError>> {
+        let progresses: Vec<Progress> = jobs.iter().map(|j| j.progress).collect();
+        let one_projection = jobs.windows(2).all(|w| w[0].projection == w[1].projection);
+        if jobs.len() > 1 && one_projection && group::can_share(&progresses) {
+            match self.write_shared(&jobs, &progresses).await {
+                Ok(results) => return results,
+                Err(error) => {
+                    tracing::debug!(%error, batches = jobs.len(), "group transaction failed; writing its batches one by one");
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            results.push(self.write_one(job).await);
+        }
+        results
     }
 
-    async fn apply(
-        &self,
-        projection: &'static str,
-        progress: Progress,
-        events: Vec<Envelope>,
-        apply: KvApply,
-    ) -> Result<(), ProjectionError> {
+    /// One batch in its own transaction.
+    async fn write_one(&self, job: &Job) -> Result<(), ProjectionError> {
         let mut client = self.pg.client().await?;
         let tx = client.transaction().await.map_err(projection_error)?;
-        let after = lock_checkpoint(&tx, self.schema, projection, progress).await?;
-        let fresh: Vec<Envelope> = events.into_iter().filter(|e| e.position > after).collect();
+        let after = lock_checkpoint(&tx, self.schema, job.projection, job.progress).await?;
+        let fresh: Vec<Envelope> = job
+            .events
+            .iter()
+            .filter(|e| e.position > after)
+            .cloned()
+            .collect();
+        self.write_items(&tx, &fresh, job.apply).await?;
+        end_batch(tx, self.schema, job.projection, job.progress).await
+    }
+
+    /// Advances of different partitions of one projection in one transaction: each batch
+    /// whose checkpoint moved is refused alone, the others' events are staged together
+    /// (letters of different partitions may count toward the same toy) and written at once.
+    async fn write_shared(
+        &self,
+        jobs: &[Job],
+        progresses: &[Progress],
+    ) -> Result<Vec<Result<(), ProjectionError>>, ProjectionError> {
+        let (projection, apply) = (jobs[0].projection, jobs[0].apply);
+        let mut client = self.pg.client().await?;
+        let tx = client.transaction().await.map_err(projection_error)?;
+        let stored =
+            lock_checkpoints(&tx, self.schema, projection, &group::partitions(progresses)).await?;
+        let admitted = group::admit(progresses, &stored);
+        let fresh: Vec<Envelope> = jobs
+            .iter()
+            .zip(&admitted)
+            .filter_map(|(job, admitted)| admitted.as_ref().ok().map(|after| (job, *after)))
+            .flat_map(|(job, after)| job.events.iter().filter(move |e| e.position > after))
+            .cloned()
+            .collect();
+        self.write_items(&tx, &fresh, apply).await?;
+        write_checkpoints(
+            &tx,
+            self.schema,
+            projection,
+            &group::moves(progresses, &admitted),
+        )
+        .await?;
+        tx.commit().await.map_err(projection_error)?;
+        Ok(admitted.into_iter().map(|a| a.map(|_| ())).collect())
+    }
+
+    /// Inside `tx`: runs the item logic over `fresh` and writes the items it changed.
+    async fn write_items(
+        &self,
+        tx: &Transaction<'_>,
+        fresh: &[Envelope],
+        apply: KvApply,
+    ) -> Result<(), ProjectionError> {
         let fetch = |keys: Vec<Key>| {
-            let tx = &tx;
             async move {
                 let (pks, sks): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
                 // Items are read to be changed (a toy's counters by letters of every
@@ -114,7 +187,7 @@ impl KvStore for PgKvStore {
                 Ok(rows.iter().map(row_to_item).collect())
             }
         };
-        let mut writes = stage_batch(&fresh, apply, fetch).await?;
+        let mut writes = stage_batch(fresh, apply, fetch).await?;
         // Rows in key order: transactions of different partitions that touch the same
         // items (a toy's counters) then lock them in the same order and never deadlock.
         writes.sort_by(|a, b| a.0.cmp(&b.0));
@@ -156,7 +229,33 @@ impl KvStore for PgKvStore {
                 .await
                 .map_err(projection_error)?;
         }
-        end_batch(tx, self.schema, projection, progress).await
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KvStore for PgKvStore {
+    async fn checkpoint(&self, projection: &str, partition: u32) -> Result<Position, StoreError> {
+        let client = self.pg.client().await?;
+        read_checkpoint(&**client, self.schema, projection, partition)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn apply(
+        &self,
+        projection: &'static str,
+        progress: Progress,
+        events: Vec<Envelope>,
+        apply: KvApply,
+    ) -> Result<(), ProjectionError> {
+        let job = Job {
+            projection,
+            progress,
+            events,
+            apply,
+        };
+        self.group.submit(job, |jobs| self.write_group(jobs)).await
     }
 
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
@@ -197,7 +296,11 @@ impl KvStore for PgKvStore {
     async fn rebuild(&self) -> Result<Box<dyn StoreRebuild<dyn KvStore>>, ProjectionError> {
         let pg = self.pg.clone();
         rebuild(&self.pg, SCHEMA, MIGRATIONS, move |schema| {
-            Arc::new(PgKvStore { pg, schema }) as Arc<dyn KvStore>
+            Arc::new(PgKvStore {
+                pg,
+                schema,
+                group: Arc::default(),
+            }) as Arc<dyn KvStore>
         })
         .await
     }

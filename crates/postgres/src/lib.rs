@@ -9,6 +9,7 @@
 mod analytics;
 mod db;
 mod dead_letters;
+mod group;
 mod kv;
 mod leases;
 mod rebuild;

@@ -295,3 +295,99 @@ async fn the_postgres_analytics_store_applies_a_batch_as_one_change_at_a_time_wo
         .collect();
     assert_eq!(countries, [("FI".to_owned(), 1, 4, 250)]);
 }
+
+/// The workers of eight partitions hand their batches over at once, as a projector's do:
+/// batches that gather share a transaction. Every batch must end as if applied alone — the
+/// toys' counters summed over all partitions, every letter there once — and a stale batch
+/// among them is refused alone, without failing the others.
+#[tokio::test]
+async fn batches_of_many_partitions_applied_together_end_as_one_at_a_time() {
+    use santa_cqrs::EventLog;
+    use santa_workshop::CommandService;
+    let Some(pg) = database().await else { return };
+    let log = Arc::new(santa_cqrs::memory::MemoryEventLog::default());
+    let commands = CommandService::new(log.clone());
+    santa_workshop::seed::seed(&commands).await.unwrap();
+    let seeded = log.head().await.unwrap();
+    for n in 0..160 {
+        santa_workshop::contract::submit_teddy_letter(&commands, &format!("group-{n:03}")).await;
+    }
+    let events = log.read_all(Position::ZERO, 10_000).await.unwrap();
+    let (seed, letters) = events.split_at(events.iter().filter(|e| e.position <= seeded).count());
+    let kv = Arc::new(PgKvStore::open(pg.clone()).await.unwrap());
+    let analytics = Arc::new(PgAnalyticsStore::open(pg).await.unwrap());
+    let projections: [Arc<dyn Projection>; 2] = [
+        Arc::new(LettersProjection::new(kv.clone())),
+        Arc::new(AnalyticsProjection::new(analytics.clone())),
+    ];
+    for projection in &projections {
+        projection.apply(0, Position::ZERO, seed).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for partition in 1..=8u32 {
+            let mine: Vec<_> = letters
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u32 % 8 == partition - 1)
+                .map(|(_, e)| e.clone())
+                .collect();
+            let projection = projection.clone();
+            tasks.spawn(async move {
+                let mut at = Position::ZERO;
+                for batch in mine.chunks(5) {
+                    projection.apply(partition, at, batch).await.unwrap();
+                    at = batch.last().unwrap().position;
+                }
+                (partition, at)
+            });
+        }
+        // Partition 0 is past the seed already: this worker is stale.
+        let stale = projection.apply(0, Position::ZERO, seed).await;
+        assert!(
+            matches!(stale, Err(ProjectionError::Moved { actual, .. }) if actual == seeded),
+            "{stale:?}"
+        );
+        while let Some(done) = tasks.join_next().await {
+            let (partition, at) = done.unwrap();
+            assert_eq!(projection.checkpoint(partition).await.unwrap(), at);
+        }
+        assert_eq!(projection.checkpoint(0).await.unwrap(), seeded);
+    }
+
+    let reference = Arc::new(MemoryKvStore::default());
+    LettersProjection::new(reference.clone())
+        .apply(0, Position::ZERO, &events)
+        .await
+        .unwrap();
+    let (pg_queries, ref_queries) = (LettersQueries::new(kv), LettersQueries::new(reference));
+    let teddy = pg_queries.toy("teddy-bear").await.unwrap().unwrap();
+    assert_eq!(
+        Some(&teddy),
+        ref_queries.toy("teddy-bear").await.unwrap().as_ref()
+    );
+    assert_eq!(
+        pg_queries
+            .toy_letters("teddy-bear", None, 500)
+            .await
+            .unwrap(),
+        ref_queries
+            .toy_letters("teddy-bear", None, 500)
+            .await
+            .unwrap()
+    );
+    let teddy_demand = analytics
+        .toy_demand(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.toy_id == "teddy-bear")
+        .unwrap();
+    let teddies = ref_queries.toy("teddy-bear").await.unwrap().unwrap();
+    assert_eq!(
+        (teddy_demand.letters, teddy_demand.quantity),
+        (
+            i64::try_from(teddies.letter_count).unwrap(),
+            i64::try_from(teddies.requested_quantity).unwrap()
+        ),
+        "the analytics store counted every letter once"
+    );
+}

@@ -67,7 +67,7 @@ impl Application {
                     .with_leases(backends.leases.clone())
                     .with_dead_letters(backends.dead_letters.clone(), settings.max_attempts);
                 match linger {
-                    Some(linger) => runner.with_linger(linger),
+                    Some(linger) => runner.with_linger_on_clock(linger),
                     None => runner,
                 }
             })

@@ -29,7 +29,8 @@ const POOL: usize = 8;
 /// scaled out, 2 ms (the embedded default) made batches of one letter. Side by side
 /// there, 2 → 20 ms took PostgreSQL's CPU per letter from 593 to 360 µs and the
 /// projector's from 186 to 129 µs, and lag p99 from 62 to 43 ms (10 ms: 469 µs, 31 ms;
-/// 50 ms: 281 µs, 77 ms).
+/// 50 ms: 281 µs, 77 ms). The linger ends on the clock, so that the batches of all
+/// partitions reach the store together and share its transactions.
 const REMOTE_LINGER: Duration = Duration::from_millis(20);
 
 /// The linger of a projection writing to the store at `url`; `None` keeps the runner's
