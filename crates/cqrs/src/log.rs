@@ -108,6 +108,9 @@ pub trait EventLog: Send + Sync + Debug + 'static {
 
     /// The newest event of each stream (`None` for an empty one), in the order asked: for
     /// aggregates whose every event is a full snapshot (a toy), that is the whole state.
+    /// Commands read their context streams with it. A log may answer from reads it made a
+    /// bounded time ago (JetStream: `NatsOptions::context_max_age`), but never with an
+    /// event older than one this process appended to the stream before the call.
     async fn read_lasts(&self, streams: &[String]) -> Result<Vec<Option<RecordedEvent>>, LogError> {
         let mut lasts = Vec::with_capacity(streams.len());
         for stream in streams {

@@ -18,4 +18,4 @@ mod message;
 mod reader;
 
 pub use idempotency::NatsIdempotencyStore;
-pub use log::{NatsError, NatsEventLog, NatsOptions};
+pub use log::{DEFAULT_CONTEXT_MAX_AGE, NatsError, NatsEventLog, NatsOptions};

@@ -18,6 +18,7 @@ fn options(name: &str, partitions: u32) -> NatsOptions {
         stream: format!("TEST_{unique}"),
         prefix: format!("test_{unique}"),
         partitions,
+        ..NatsOptions::default()
     }
 }
 
@@ -248,4 +249,77 @@ async fn idempotency_keys_keep_the_first_answer_in_a_bucket() {
     assert_eq!(store.get("another").await.unwrap(), None);
     drop(store);
     clean_up(log).await;
+}
+
+/// A command's context (a toy's newest event) is read once and reused within its age: a
+/// change made through another process is seen only once the read is that old, one made
+/// through this process at once; with an age of zero every read goes to JetStream.
+#[tokio::test]
+async fn context_reads_are_reused_within_their_age_and_own_appends_are_seen_at_once() {
+    let Some(url) = contract::service_url("SANTA_TEST_NATS") else {
+        return;
+    };
+    let options = options("context", 2);
+    let connect = |max_age: std::time::Duration| {
+        let options = NatsOptions {
+            context_max_age: max_age,
+            ..options.clone()
+        };
+        let url = url.clone();
+        async move { Arc::new(NatsEventLog::connect(&url, options).await.unwrap()) }
+    };
+    let hour = std::time::Duration::from_secs(3600);
+    let (here, elsewhere, uncached) = (
+        connect(hour).await,
+        connect(hour).await,
+        connect(std::time::Duration::ZERO).await,
+    );
+    let toy = vec!["toy-kite".to_owned()];
+    let version =
+        |lasts: Vec<Option<santa_cqrs::RecordedEvent>>| lasts[0].as_ref().map(|e| e.version);
+    assert_eq!(
+        version(here.read_lasts(&toy).await.unwrap()),
+        None,
+        "not there yet"
+    );
+    here.append(
+        "toy-kite",
+        ExpectedVersion::Exactly(0),
+        vec![contract::event("v1")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        version(here.read_lasts(&toy).await.unwrap()),
+        Some(1),
+        "a stream not found is not remembered"
+    );
+    elsewhere
+        .append(
+            "toy-kite",
+            ExpectedVersion::Exactly(1),
+            vec![contract::event("v2")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        version(here.read_lasts(&toy).await.unwrap()),
+        Some(1),
+        "another process's change is seen once the read is old enough"
+    );
+    assert_eq!(version(uncached.read_lasts(&toy).await.unwrap()), Some(2));
+    here.append(
+        "toy-kite",
+        ExpectedVersion::Exactly(2),
+        vec![contract::event("v3")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        version(here.read_lasts(&toy).await.unwrap()),
+        Some(3),
+        "this process's own change is seen at once"
+    );
+    drop((elsewhere, uncached));
+    clean_up(here).await;
 }

@@ -86,7 +86,10 @@ impl Backends {
                     )
                 }
                 Scheme::Nats => {
-                    let options = NatsOptions::named(&settings.nats_stream, settings.partitions);
+                    let options = NatsOptions {
+                        context_max_age: settings.context_max_age,
+                        ..NatsOptions::named(&settings.nats_stream, settings.partitions)
+                    };
                     let log = NatsEventLog::connect(&settings.event_log, options)
                         .await
                         .context("--event-log")?;

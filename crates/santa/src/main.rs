@@ -203,6 +203,11 @@ struct HttpArgs {
     /// How long answers to commands sent with an `Idempotency-Key` are kept (e.g. `24h`).
     #[arg(long, env = "SANTA_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
     idempotency_window: Duration,
+    /// On JetStream: how old a toy's state may be when a letter is decided on it; within
+    /// it, one read of the toy serves the letters that follow (`0s`: read it for each).
+    /// Toys changed through this process are read afresh at once.
+    #[arg(long, env = "SANTA_CONTEXT_MAX_AGE", default_value = "250ms", value_parser = humantime::parse_duration)]
+    context_max_age: Duration,
 }
 
 /// Where the data lives; the same on every role.
@@ -250,6 +255,7 @@ impl BackendArgs {
             settings.consistency_timeout = Duration::from_millis(http.consistency_timeout_ms);
             settings.max_body_bytes = http.max_body_bytes;
             settings.idempotency_window = http.idempotency_window;
+            settings.context_max_age = http.context_max_age;
             settings.bench_endpoints = http.bench_endpoints;
         }
         Ok(settings)

@@ -46,6 +46,8 @@ pub struct Settings {
     pub append_queue: usize,
     /// How long the answer to a command sent with an `Idempotency-Key` is kept.
     pub idempotency_window: Duration,
+    /// On JetStream, how old a command's context (a toy's newest event) may be.
+    pub context_max_age: Duration,
     /// Attempts at an event that fails to apply before it is set aside as a dead letter.
     pub max_attempts: u32,
     /// Serve the benchmark baseline `POST /bench/ceiling`.
@@ -72,6 +74,7 @@ impl Settings {
             max_body_bytes: 64 * 1024,
             append_queue: 4096,
             idempotency_window: santa_workshop::idempotency::DEFAULT_WINDOW,
+            context_max_age: santa_nats::DEFAULT_CONTEXT_MAX_AGE,
             max_attempts: 5,
             bench_endpoints: false,
         }
