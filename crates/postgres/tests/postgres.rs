@@ -218,7 +218,7 @@ async fn the_postgres_stores_are_rebuilt_into_new_schemas_and_switched() {
 /// a run at a time, it must end as one change at a time would.
 #[tokio::test]
 async fn the_postgres_analytics_store_applies_a_batch_as_one_change_at_a_time_would() {
-    use santa_workshop::analytics::{AnalyticsChange, LetterRow, LineRow};
+    use santa_workshop::analytics::AnalyticsChange;
     let Some(pg) = database().await else { return };
     let store = PgAnalyticsStore::open(pg).await.unwrap();
     let toy = |id: &str, name: &str| AnalyticsChange::UpsertToy {
@@ -226,23 +226,7 @@ async fn the_postgres_analytics_store_applies_a_batch_as_one_change_at_a_time_wo
         name: name.into(),
         price_cents: 100,
     };
-    let letter = |id: &str, country: &str, lines: &[(&str, u32, i64)]| {
-        AnalyticsChange::InsertLetter(LetterRow {
-            id: id.into(),
-            child: "Ada".into(),
-            country: Some(country.into()),
-            total_cents: lines.iter().map(|l| i64::from(l.1) * l.2).sum(),
-            submitted_at_ms: 1_764_000_000_000,
-            lines: lines
-                .iter()
-                .map(|&(toy_id, quantity, unit_price_cents)| LineRow {
-                    toy_id: toy_id.into(),
-                    quantity,
-                    unit_price_cents,
-                })
-                .collect(),
-        })
-    };
+    let letter = letter_change;
     let cancel = |id: &str| AnalyticsChange::CancelLetter {
         id: id.into(),
         at_ms: 1_764_000_100_000,
@@ -389,5 +373,81 @@ async fn batches_of_many_partitions_applied_together_end_as_one_at_a_time() {
             i64::try_from(teddies.requested_quantity).unwrap()
         ),
         "the analytics store counted every letter once"
+    );
+}
+
+/// A new letter for the analytics store, its lines as (toy, quantity, unit price).
+fn letter_change(
+    id: &str,
+    country: &str,
+    lines: &[(&str, u32, i64)],
+) -> santa_workshop::analytics::AnalyticsChange {
+    use santa_workshop::analytics::{AnalyticsChange, LetterRow, LineRow};
+    AnalyticsChange::InsertLetter(LetterRow {
+        id: id.into(),
+        child: "Ada".into(),
+        country: Some(country.into()),
+        total_cents: lines.iter().map(|l| i64::from(l.1) * l.2).sum(),
+        submitted_at_ms: 1_764_000_000_000,
+        lines: lines
+            .iter()
+            .map(|&(toy_id, quantity, unit_price_cents)| LineRow {
+                toy_id: toy_id.into(),
+                quantity,
+                unit_price_cents,
+            })
+            .collect(),
+    })
+}
+
+/// A batch the store cannot write, handed over with others that may share its
+/// transaction, fails alone: the others are written and move their checkpoints, and it
+/// keeps its own error (which a projection needs to set the right event aside).
+#[tokio::test]
+async fn a_batch_that_fails_beside_others_fails_alone() {
+    let Some(pg) = database().await else { return };
+    let store = Arc::new(PgAnalyticsStore::open(pg).await.unwrap());
+    let broken = 8;
+    let mut tasks = tokio::task::JoinSet::new();
+    for partition in 0..=broken {
+        let store = store.clone();
+        tasks.spawn(async move {
+            // Naming one toy twice breaks the lines' key: the database refuses the batch.
+            let lines: &[(&str, u32, i64)] = if partition == broken {
+                &[("kite", 1, 100), ("kite", 2, 100)]
+            } else {
+                &[("kite", 1, 100)]
+            };
+            let at = Position::new(u64::from(partition) + 1);
+            let change = letter_change(&format!("letter-{partition}"), "FI", lines);
+            let progress = santa_cqrs::Progress::Advance {
+                partition,
+                expected: Position::ZERO,
+                upto: at,
+            };
+            (partition, store.apply(progress, vec![(at, change)]).await)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (partition, result) = done.unwrap();
+        let checkpoint = store.checkpoint(partition).await.unwrap();
+        if partition == broken {
+            assert!(
+                matches!(result, Err(ProjectionError::Store(_))),
+                "{result:?}"
+            );
+            assert_eq!(checkpoint, Position::ZERO);
+        } else {
+            result.unwrap();
+            assert_eq!(checkpoint, Position::new(u64::from(partition) + 1));
+        }
+    }
+    let kite = store.toy_demand(10).await.unwrap();
+    assert_eq!(
+        kite.iter()
+            .map(|d| (d.toy_id.as_str(), d.letters, d.quantity))
+            .collect::<Vec<_>>(),
+        [("kite", 8, 8)],
+        "every letter but the broken one"
     );
 }
