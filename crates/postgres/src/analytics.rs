@@ -98,19 +98,13 @@ impl PgAnalyticsStore {
     /// batch's).
     async fn write_group(&self, jobs: Vec<Job>) -> Vec<Result<(), ProjectionError>> {
         let progresses: Vec<Progress> = jobs.iter().map(|j| j.progress).collect();
-        if jobs.len() > 1 && group::can_share(&progresses) {
-            match self.write_shared(&jobs, &progresses).await {
-                Ok(results) => return results,
-                Err(error) => {
-                    tracing::debug!(%error, batches = jobs.len(), "group transaction failed; writing its batches one by one");
-                }
-            }
-        }
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            results.push(self.write_one(job.progress, &job.changes).await);
-        }
-        results
+        group::write_jobs(
+            &jobs,
+            group::can_share(&progresses),
+            self.write_shared(&jobs, &progresses),
+            |job: &Job| self.write_one(job.progress, &job.changes),
+        )
+        .await
     }
 
     /// One batch in its own transaction.

@@ -84,6 +84,33 @@ fn abandoned() -> ProjectionError {
     ProjectionError::Store("the batch's group transaction was abandoned; retry".into())
 }
 
+/// Writes the jobs that gathered: all in one transaction with `shared` (not started
+/// unless used) when they `may_share` one; else, or when that transaction fails, each in its own with `one`, in order, so that
+/// a failure is its own job's. One result per job, in order.
+pub(crate) async fn write_jobs<'a, J, One>(
+    jobs: &'a [J],
+    may_share: bool,
+    shared: impl Future<Output = Result<Vec<Result<(), ProjectionError>>, ProjectionError>>,
+    one: impl Fn(&'a J) -> One,
+) -> Vec<Result<(), ProjectionError>>
+where
+    One: Future<Output = Result<(), ProjectionError>>,
+{
+    if jobs.len() > 1 && may_share {
+        match shared.await {
+            Ok(results) => return results,
+            Err(error) => {
+                tracing::debug!(%error, batches = jobs.len(), "group transaction failed; writing its batches one by one");
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        results.push(one(job).await);
+    }
+    results
+}
+
 /// What the checkpoints of a group's batches allow: for each batch, the position its
 /// events must lie past to be applied, or why it cannot go in.
 ///

@@ -89,19 +89,13 @@ impl PgKvStore {
     async fn write_group(&self, jobs: Vec<Job>) -> Vec<Result<(), ProjectionError>> {
         let progresses: Vec<Progress> = jobs.iter().map(|j| j.progress).collect();
         let one_projection = jobs.windows(2).all(|w| w[0].projection == w[1].projection);
-        if jobs.len() > 1 && one_projection && group::can_share(&progresses) {
-            match self.write_shared(&jobs, &progresses).await {
-                Ok(results) => return results,
-                Err(error) => {
-                    tracing::debug!(%error, batches = jobs.len(), "group transaction failed; writing its batches one by one");
-                }
-            }
-        }
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            results.push(self.write_one(job).await);
-        }
-        results
+        group::write_jobs(
+            &jobs,
+            one_projection && group::can_share(&progresses),
+            self.write_shared(&jobs, &progresses),
+            |job: &Job| self.write_one(job),
+        )
+        .await
     }
 
     /// One batch in its own transaction.
