@@ -103,13 +103,10 @@ impl PgKvStore {
         let mut client = self.pg.client().await?;
         let tx = client.transaction().await.map_err(projection_error)?;
         let after = lock_checkpoint(&tx, self.schema, job.projection, job.progress).await?;
-        let fresh: Vec<Envelope> = job
-            .events
-            .iter()
-            .filter(|e| e.position > after)
-            .cloned()
-            .collect();
-        self.write_items(&tx, &fresh, job.apply).await?;
+        // A batch is in log order: the events at or below the checkpoint come first.
+        let seen = job.events.partition_point(|e| e.position <= after);
+        self.write_items(&tx, &job.events[seen..], job.apply)
+            .await?;
         end_batch(tx, self.schema, job.projection, job.progress).await
     }
 
