@@ -183,38 +183,11 @@ pub(crate) async fn lock_checkpoint(
     projection: &str,
     progress: Progress,
 ) -> Result<Position, ProjectionError> {
-    let Progress::Advance {
-        partition,
-        expected,
-        ..
-    } = progress
-    else {
+    let Progress::Advance { partition, .. } = progress else {
         return Ok(Position::ZERO);
     };
-    let part = i32::try_from(partition).unwrap_or(i32::MAX);
-    tx.execute(
-        &tx.prepare_cached(&format!(
-            "INSERT INTO {schema}.checkpoints (projection, partition, position) VALUES ($1, $2, 0)
-             ON CONFLICT (projection, partition) DO NOTHING"
-        ))
-        .await
-        .map_err(projection_error)?,
-        &[&projection, &part],
-    )
-    .await
-    .map_err(projection_error)?;
-    let row = tx
-        .query_one(
-            &tx.prepare_cached(&format!("SELECT position FROM {schema}.checkpoints WHERE projection = $1 AND partition = $2 FOR UPDATE")).await.map_err(projection_error)?,
-            &[&projection, &part],
-        )
-        .await
-        .map_err(projection_error)?;
-    let actual = Position::new(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0));
-    if actual != expected {
-        return Err(ProjectionError::Moved { expected, actual });
-    }
-    Ok(actual)
+    let stored = lock_checkpoints(tx, schema, projection, &[partition]).await?;
+    crate::group::admitted(progress, &stored)
 }
 
 /// For an advance, moves the checkpoint; then commits.
@@ -231,13 +204,13 @@ pub(crate) async fn end_batch(
     } = progress
         && upto > expected
     {
-        write_checkpoint(&tx, schema, projection, partition, upto).await?;
+        write_checkpoints(&tx, schema, projection, &[(partition, upto)]).await?;
     }
     tx.commit().await.map_err(projection_error)
 }
 
-/// Inside `tx`, for a group of batches (see `group`): locks the checkpoints of
-/// `partitions`, in partition order as a lone batch's single row is, and returns them.
+/// Inside `tx`: locks the checkpoints of `partitions` (a lone batch's, or a group's, see
+/// `group`), in partition order, and returns them.
 pub(crate) async fn lock_checkpoints(
     tx: &deadpool_postgres::Transaction<'_>,
     schema: &str,
@@ -283,7 +256,7 @@ pub(crate) async fn lock_checkpoints(
         .collect())
 }
 
-/// Inside `tx`, for a group of batches: moves each (partition, position) checkpoint.
+/// Inside `tx`: moves each (partition, position) checkpoint.
 pub(crate) async fn write_checkpoints(
     tx: &deadpool_postgres::Transaction<'_>,
     schema: &str,
@@ -311,28 +284,6 @@ pub(crate) async fn write_checkpoints(
         .await
         .map_err(projection_error)?,
         &[&projection, &parts, &positions],
-    )
-    .await
-    .map_err(projection_error)?;
-    Ok(())
-}
-
-pub(crate) async fn write_checkpoint(
-    tx: &deadpool_postgres::Transaction<'_>,
-    schema: &str,
-    projection: &str,
-    partition: u32,
-    position: Position,
-) -> Result<(), ProjectionError> {
-    let part = i32::try_from(partition).unwrap_or(i32::MAX);
-    let position = i64::try_from(position.get()).unwrap_or(i64::MAX);
-    tx.execute(
-        &tx.prepare_cached(&format!(
-            "UPDATE {schema}.checkpoints SET position = $3 WHERE projection = $1 AND partition = $2"
-        ))
-        .await
-        .map_err(projection_error)?,
-        &[&projection, &part, &position],
     )
     .await
     .map_err(projection_error)?;

@@ -111,36 +111,45 @@ where
     results
 }
 
-/// What the checkpoints of a group's batches allow: for each batch, the position its
-/// events must lie past to be applied, or why it cannot go in.
-///
-/// `stored` are the checkpoints read (and locked) for the batches' partitions, as
-/// (partition, position); a partition without a row is at zero.
+/// What the checkpoints of a group's batches allow: for each batch, what [`admitted`]
+/// says.
 pub(crate) fn admit(
     progresses: &[Progress],
     stored: &[(u32, Position)],
 ) -> Vec<Result<Position, ProjectionError>> {
     progresses
         .iter()
-        .map(|progress| match *progress {
-            Progress::Advance {
-                partition,
-                expected,
-                ..
-            } => {
-                let actual = stored
-                    .iter()
-                    .find(|(p, _)| *p == partition)
-                    .map_or(Position::ZERO, |(_, position)| *position);
-                if actual == expected {
-                    Ok(actual)
-                } else {
-                    Err(ProjectionError::Moved { expected, actual })
-                }
-            }
-            Progress::Redrive => Ok(Position::ZERO),
-        })
+        .map(|progress| admitted(*progress, stored))
         .collect()
+}
+
+/// What the checkpoints read allow a batch: the position its events must lie past to be
+/// applied, or why it cannot go in.
+///
+/// `stored` are the checkpoints read (and locked) for the batches' partitions, as
+/// (partition, position); a partition without a row is at zero.
+pub(crate) fn admitted(
+    progress: Progress,
+    stored: &[(u32, Position)],
+) -> Result<Position, ProjectionError> {
+    match progress {
+        Progress::Advance {
+            partition,
+            expected,
+            ..
+        } => {
+            let actual = stored
+                .iter()
+                .find(|(p, _)| *p == partition)
+                .map_or(Position::ZERO, |(_, position)| *position);
+            if actual == expected {
+                Ok(actual)
+            } else {
+                Err(ProjectionError::Moved { expected, actual })
+            }
+        }
+        Progress::Redrive => Ok(Position::ZERO),
+    }
 }
 
 /// Whether `progresses` can share one transaction: all advances, of different partitions.
