@@ -164,7 +164,7 @@ impl Db {
         migrations: &[&str],
     ) -> Result<Self, OpenError> {
         let writer = open(path, durability, migrations)?;
-        // Readers go through the memory map and keep small caches (4 MB each); the writer
+        // Readers read pages with `pread` and keep small caches (4 MB each); the writer
         // keeps the b-tree pages it modifies over and over (16 MB). With 32 MB for every
         // connection, resident memory reached 450 MB in the benchmark suite; like this,
         // 70-95 MB at 4,000-9,000 letters/s, and a letters rebuild runs faster.
