@@ -1099,6 +1099,9 @@ async fn measure_scaled_out(
         suite,
     )
     .await?;
+    // Counted once the projections have caught up, so that their work on every letter of
+    // the run is in.
+    drained(http, &url, Duration::from_secs(120)).await?;
     let cpu_per_letter_us = watched
         .iter()
         .zip(before)
@@ -1107,7 +1110,6 @@ async fn measure_scaled_out(
             (*name, used * 1e6 / (at_max.acknowledged.max(1) as f64))
         })
         .collect();
-    drained(http, &url, Duration::from_secs(120)).await?;
     let half = steady(
         &url,
         Run {
