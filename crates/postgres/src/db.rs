@@ -313,3 +313,30 @@ pub async fn fresh_database(admin_url: &str, prefix: &str) -> Result<String, Ope
         .map_or(admin_url, |(base, _)| base);
     Ok(format!("{base}/{name}"))
 }
+
+/// Drops a database that [`fresh_database`] made on the server of `admin_url`, given the
+/// URL it returned; connections still open to it are ended. A URL naming anything but
+/// such a database is refused.
+pub async fn drop_database(admin_url: &str, url: &str) -> Result<(), OpenError> {
+    let name = url
+        .rsplit_once('/')
+        .map(|(_, name)| name)
+        .filter(|name| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .ok_or_else(|| OpenError::Url(format!("`{url}` does not name a database made here")))?;
+    let config =
+        tokio_postgres::Config::from_str(admin_url).map_err(|e| OpenError::Url(e.to_string()))?;
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| OpenError::Connect(e.to_string()))?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .map_err(|e| OpenError::Connect(e.to_string()))
+}

@@ -15,7 +15,7 @@ mod leases;
 mod rebuild;
 
 pub use analytics::PgAnalyticsStore;
-pub use db::{OpenError, Pg, fresh_database};
+pub use db::{OpenError, Pg, drop_database, fresh_database};
 pub use dead_letters::PgDeadLetters;
 pub use kv::PgKvStore;
 pub use leases::PgLeases;

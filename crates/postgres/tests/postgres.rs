@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use santa_cqrs::{Leases, Position, Projection, ProjectionError, contract};
-use santa_postgres::{Pg, PgAnalyticsStore, PgKvStore, PgLeases, fresh_database};
+use santa_postgres::{Pg, PgAnalyticsStore, PgKvStore, PgLeases, drop_database, fresh_database};
 use santa_workshop::analytics::{AnalyticsProjection, AnalyticsStore};
 use santa_workshop::kv::MemoryKvStore;
 use santa_workshop::letters::{LettersProjection, LettersQueries};
@@ -450,4 +450,22 @@ async fn a_batch_that_fails_beside_others_fails_alone() {
         [("kite", 8, 8)],
         "every letter but the broken one"
     );
+}
+
+#[tokio::test]
+async fn a_database_made_for_a_run_is_dropped_even_while_connected() {
+    let Some(admin) = contract::service_url("SANTA_TEST_POSTGRES") else {
+        return;
+    };
+    let url = fresh_database(&admin, "santa_test").await.unwrap();
+    let open = Pg::connect(&url, 1).await.unwrap();
+    drop_database(&admin, &url).await.unwrap();
+    assert!(
+        Pg::connect(&url, 1).await.is_err(),
+        "the dropped database still takes connections"
+    );
+    drop(open);
+    // Only a name as `fresh_database` makes them is taken.
+    let refused = drop_database(&admin, "postgres://postgres@127.0.0.1/x;DROP").await;
+    assert!(matches!(refused, Err(santa_postgres::OpenError::Url(_))));
 }

@@ -795,12 +795,23 @@ async fn measure_peer(
     let started = Instant::now();
     let mut peer = Server::spawn(
         &suite.peer,
-        &[format!("127.0.0.1:{port}"), db],
+        &[format!("127.0.0.1:{port}"), db.clone()],
         format!("http://127.0.0.1:{port}"),
         None,
     )?;
     peer.ready(http, started).await?;
-    find_max(&peer.url, "/letters", 200, suite).await
+    let found = find_max(&peer.url, "/letters", 200, suite).await;
+    drop(peer);
+    drop_database(postgres, &db).await;
+    found
+}
+
+/// Drops a database the suite made, once the processes using it are gone: each run's
+/// letters would otherwise stay on the user's server.
+async fn drop_database(postgres: &str, db: &str) {
+    if let Err(error) = santa_postgres::drop_database(postgres, db).await {
+        eprintln!("   could not drop {db}: {error}");
+    }
 }
 
 async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow::Result<Embedded> {
@@ -1140,6 +1151,7 @@ async fn measure_scaled_out(
     let (rebuild_letters, rebuild_analytics) = rebuild_both(http, &url, 1).await?;
     drop(api);
     drop(projector);
+    drop_database(postgres, &db).await;
     let options = santa_nats::NatsOptions::named(&stream, 8);
     if let Ok(log) = santa_nats::NatsEventLog::connect(nats, options).await {
         let _ = log.delete().await;
