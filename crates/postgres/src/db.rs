@@ -290,24 +290,14 @@ pub(crate) async fn write_checkpoints(
     Ok(())
 }
 
-/// Test support: a fresh, empty database on the server of `admin_url`, so that tests never
-/// share schemas. Returns its URL.
+/// For tests and the benchmark suite: a fresh, empty database on the server of
+/// `admin_url`, so that runs never share schemas. Returns its URL.
 pub async fn fresh_database(admin_url: &str, prefix: &str) -> Result<String, OpenError> {
-    let config =
-        tokio_postgres::Config::from_str(admin_url).map_err(|e| OpenError::Url(e.to_string()))?;
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| OpenError::Connect(e.to_string()))?;
-    tokio::spawn(connection);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let name = format!("{prefix}_{}_{nanos}", std::process::id());
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .map_err(|e| OpenError::Connect(e.to_string()))?;
+    on_server(admin_url, &format!("CREATE DATABASE {name}")).await?;
     let base = admin_url
         .rsplit_once('/')
         .map_or(admin_url, |(base, _)| base);
@@ -328,6 +318,16 @@ pub async fn drop_database(admin_url: &str, url: &str) -> Result<(), OpenError> 
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         })
         .ok_or_else(|| OpenError::Url(format!("`{url}` does not name a database made here")))?;
+    on_server(
+        admin_url,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await
+}
+
+/// Runs one statement over a connection of its own to `admin_url` (statements such as
+/// `CREATE DATABASE` cannot run inside the pool's transactions).
+async fn on_server(admin_url: &str, statement: &str) -> Result<(), OpenError> {
     let config =
         tokio_postgres::Config::from_str(admin_url).map_err(|e| OpenError::Url(e.to_string()))?;
     let (client, connection) = config
@@ -336,7 +336,7 @@ pub async fn drop_database(admin_url: &str, url: &str) -> Result<(), OpenError> 
         .map_err(|e| OpenError::Connect(e.to_string()))?;
     tokio::spawn(connection);
     client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .batch_execute(statement)
         .await
         .map_err(|e| OpenError::Connect(e.to_string()))
 }
