@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::message::{
     EVENT_TYPE, RECORDED_AT, SCHEMA, STREAM, VERSION, from_message, header, recorded, unavailable,
 };
+use crate::publisher::{DEFAULT_PUBLISH_LINGER, Publisher};
 use crate::reader::PartitionReader;
 
 /// Where and how the log lives in JetStream.
@@ -35,6 +36,10 @@ pub struct NatsOptions {
     /// be seen this late (a letter may then carry a toy's price changed that long before
     /// it). Zero reads every time.
     pub context_max_age: Duration,
+    /// How long the publishes of appends may gather before they go to JetStream together:
+    /// at most one group per linger, and a publish after a quiet linger goes at once.
+    /// Zero publishes each at once.
+    pub publish_linger: Duration,
 }
 
 impl Default for NatsOptions {
@@ -51,6 +56,7 @@ impl NatsOptions {
             prefix: stream.to_ascii_lowercase().replace('_', "."),
             partitions,
             context_max_age: DEFAULT_CONTEXT_MAX_AGE,
+            publish_linger: DEFAULT_PUBLISH_LINGER,
         }
     }
 }
@@ -153,6 +159,8 @@ pub struct NatsEventLog {
     options: NatsOptions,
     head: watch::Sender<Position>,
     context: ContextCache,
+    /// Sends publishes in groups, unless `publish_linger` is zero.
+    publisher: Option<Publisher>,
 }
 
 impl NatsEventLog {
@@ -240,6 +248,8 @@ impl NatsEventLog {
             });
         }
         let head = watch::channel(Position::new(info.state.last_sequence)).0;
+        let publisher = (!options.publish_linger.is_zero())
+            .then(|| Publisher::start(jetstream.clone(), options.publish_linger));
         Ok(Self {
             client,
             jetstream,
@@ -247,6 +257,7 @@ impl NatsEventLog {
             options,
             head,
             context: ContextCache::default(),
+            publisher,
         })
     }
 
@@ -363,12 +374,19 @@ impl NatsEventLog {
             headers.insert(EVENT_TYPE, event.event_type.as_str());
             headers.insert(SCHEMA, event.schema_version.to_string().as_str());
             headers.insert(RECORDED_AT, now.to_string().as_str());
-            let ack = self
-                .jetstream
-                .publish_with_headers(subject.clone(), headers, event.data.clone().into())
-                .await
-                .map_err(unavailable)?
-                .await;
+            let pending = match &self.publisher {
+                Some(publisher) => {
+                    publisher
+                        .publish(subject.clone(), headers, event.data.clone())
+                        .await?
+                }
+                None => self
+                    .jetstream
+                    .publish_with_headers(subject.clone(), headers, event.data.clone().into())
+                    .await
+                    .map_err(unavailable)?,
+            };
+            let ack = pending.await;
             match ack {
                 Ok(ack) => last_sequence = ack.sequence,
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use santa_cqrs::{EventLog, ExpectedVersion, Position, contract};
 use santa_nats::{NatsError, NatsEventLog, NatsIdempotencyStore, NatsOptions};
@@ -62,6 +63,73 @@ async fn the_jetstream_log_is_gap_free_under_concurrent_appends() {
         return;
     };
     contract::concurrent_appends_are_gap_free_and_race_safely(log.clone()).await;
+    clean_up(log).await;
+}
+
+/// The same contract with every publish sent at once, as `--publish-linger 0s` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jetstream_log_without_a_publish_linger_is_gap_free_under_concurrent_appends() {
+    let Some(url) = contract::service_url("SANTA_TEST_NATS") else {
+        return;
+    };
+    let options = NatsOptions {
+        publish_linger: Duration::ZERO,
+        ..options("unlingered", 1)
+    };
+    let log = Arc::new(NatsEventLog::connect(&url, options).await.unwrap());
+    contract::concurrent_appends_are_gap_free_and_race_safely(log.clone()).await;
+    clean_up(log).await;
+}
+
+/// A publish after a quiet linger goes at once; the publishes that follow within the
+/// linger wait for it to pass, then all go, each at its own position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_after_a_quiet_linger_goes_at_once_and_those_within_it_wait_for_it() {
+    let Some(url) = contract::service_url("SANTA_TEST_NATS") else {
+        return;
+    };
+    let linger = Duration::from_millis(1500);
+    let options = NatsOptions {
+        publish_linger: linger,
+        ..options("linger", 1)
+    };
+    let log = Arc::new(NatsEventLog::connect(&url, options).await.unwrap());
+    let started = Instant::now();
+    let lone = log
+        .append(
+            "lone",
+            ExpectedVersion::Exactly(0),
+            vec![contract::event("a")],
+        )
+        .await
+        .unwrap();
+    let lone_took = started.elapsed();
+    assert!(
+        lone_took < linger / 2,
+        "a publish after a quiet linger waited {lone_took:?}"
+    );
+    let burst = (0..20).map(|i| {
+        let log = log.clone();
+        async move {
+            log.append(
+                &format!("burst-{i}"),
+                ExpectedVersion::Exactly(0),
+                vec![contract::event("b")],
+            )
+            .await
+            .unwrap()
+            .get()
+        }
+    });
+    let mut positions = futures_util::future::join_all(burst).await;
+    let burst_took = started.elapsed();
+    assert!(
+        burst_took >= linger,
+        "publishes within the linger went after {burst_took:?}, before it passed"
+    );
+    positions.sort_unstable();
+    let expected: Vec<u64> = (lone.get() + 1..=lone.get() + 20).collect();
+    assert_eq!(positions, expected, "each at its own position, none lost");
     clean_up(log).await;
 }
 

@@ -88,6 +88,7 @@ impl Backends {
                 Scheme::Nats => {
                     let options = NatsOptions {
                         context_max_age: settings.context_max_age,
+                        publish_linger: settings.publish_linger,
                         ..NatsOptions::named(&settings.nats_stream, settings.partitions)
                     };
                     let log = NatsEventLog::connect(&settings.event_log, options)

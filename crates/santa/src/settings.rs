@@ -48,6 +48,8 @@ pub struct Settings {
     pub idempotency_window: Duration,
     /// On JetStream, how old a command's context (a toy's newest event) may be.
     pub context_max_age: Duration,
+    /// On JetStream, how long appends' publishes may gather to go together.
+    pub publish_linger: Duration,
     /// Attempts at an event that fails to apply before it is set aside as a dead letter.
     pub max_attempts: u32,
     /// Serve the benchmark baseline `POST /bench/ceiling`.
@@ -75,6 +77,7 @@ impl Settings {
             append_queue: 4096,
             idempotency_window: santa_workshop::idempotency::DEFAULT_WINDOW,
             context_max_age: santa_nats::DEFAULT_CONTEXT_MAX_AGE,
+            publish_linger: santa_nats::DEFAULT_PUBLISH_LINGER,
             max_attempts: 5,
             bench_endpoints: false,
         }
