@@ -50,3 +50,87 @@ pub fn openapi_json() -> String {
     DOC.get_or_init(|| ApiDoc::openapi().to_pretty_json().unwrap_or_default())
         .clone()
 }
+
+#[cfg(test)]
+mod tests {
+    use regex::Regex;
+    use santa_domain::{LetterId, ToyId};
+    use serde_json::Value;
+
+    use super::*;
+
+    /// The patterns the document gives for toy and letter ids, wherever they appear, accept
+    /// exactly the ids the commands accept: a client validating against the document is
+    /// neither stricter nor looser than the server.
+    #[test]
+    fn the_documented_id_patterns_accept_what_the_commands_accept() {
+        let doc: Value = serde_json::from_str(&openapi_json()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let path_id = |path: &str, method: &str| {
+            let parameters = doc["paths"][path][method]["parameters"].as_array().unwrap();
+            let id = parameters.iter().find(|p| p["name"] == "id").unwrap();
+            id["schema"]["pattern"].as_str().unwrap().to_owned()
+        };
+        let toy_patterns = [
+            schemas["ToyLineRequest"]["properties"]["toy_id"]["pattern"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            path_id("/toys/{id}", "put"),
+            path_id("/toys/{id}", "get"),
+            path_id("/toys/{id}/letters", "get"),
+        ];
+        let letter_patterns = [
+            schemas["SubmitLetterRequest"]["properties"]["id"]["pattern"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            path_id("/letters/{id}", "get"),
+            path_id("/letters/{id}", "delete"),
+            path_id("/letters/{id}/history", "get"),
+        ];
+        let long = "x".repeat(64);
+        let too_long = "x".repeat(65);
+        let samples = [
+            "rubiks-cube",
+            "a",
+            "9",
+            "a-b",
+            "a--b",
+            "-a",
+            "a-",
+            "-",
+            "Rubiks",
+            "rubiks_cube",
+            "letter.0001",
+            "Ab-9.z_",
+            "le tter",
+            "",
+            "ü",
+            "a/b",
+            ".",
+            long.as_str(),
+            too_long.as_str(),
+        ];
+        for pattern in toy_patterns {
+            let pattern = Regex::new(&pattern).unwrap();
+            for sample in samples {
+                assert_eq!(
+                    pattern.is_match(sample),
+                    ToyId::parse(sample).is_ok(),
+                    "toy id {sample:?} against {pattern}"
+                );
+            }
+        }
+        for pattern in letter_patterns {
+            let pattern = Regex::new(&pattern).unwrap();
+            for sample in samples {
+                assert_eq!(
+                    pattern.is_match(sample),
+                    LetterId::parse(sample).is_ok(),
+                    "letter id {sample:?} against {pattern}"
+                );
+            }
+        }
+    }
+}

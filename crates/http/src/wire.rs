@@ -65,7 +65,12 @@ pub struct SubmitLetterRequest {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToyLineRequest {
-    #[schema(example = "rubiks-cube")]
+    /// A toy of the catalogue (an unknown one is refused with 422).
+    #[schema(
+        example = "rubiks-cube",
+        max_length = 64,
+        pattern = "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$"
+    )]
     pub toy_id: String,
     #[schema(example = 1, minimum = 1, maximum = 1000)]
     pub quantity: i64,

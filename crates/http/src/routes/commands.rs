@@ -22,7 +22,7 @@ type CommandResult = Result<(StatusCode, Json<AcceptedResponse>), ApiError>;
 
 /// Add a toy to the catalogue or change it.
 #[utoipa::path(put, path = "/toys/{id}", tag = "commands",
-    params(("id" = String, Path, description = "Toy slug, e.g. `rubiks-cube`"),
+    params(("id" = String, Path, description = "Toy slug, e.g. `rubiks-cube`", max_length = 64, pattern = "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$"),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the first answer is kept")),
     request_body = UpsertToyRequest,
     responses((status = 202, body = AcceptedResponse), (status = "4XX", body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")),
@@ -82,7 +82,7 @@ pub(crate) async fn submit_letter(
 
 /// Cancel a letter.
 #[utoipa::path(delete, path = "/letters/{id}", tag = "commands",
-    params(("id" = String, Path, description = "Letter id"),
+    params(("id" = String, Path, description = "Letter id", max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$"),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the first answer is kept")),
     responses((status = 202, body = AcceptedResponse), (status = "4XX", body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["write"])))]

@@ -39,7 +39,7 @@ pub(crate) async fn list_toys(
 
 /// One toy and the demand for it.
 #[utoipa::path(get, path = "/toys/{id}", tag = "queries",
-    params(("id" = String, Path, description = "Toy slug"), ConsistencyParams),
+    params(("id" = String, Path, description = "Toy slug", max_length = 64, pattern = "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$"), ConsistencyParams),
     responses((status = 200, body = ToyResponse), (status = 404, body = Problem, content_type = "application/problem+json"), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["read"])))]
 pub(crate) async fn get_toy(
@@ -59,7 +59,7 @@ pub(crate) async fn get_toy(
 
 /// The letters asking for a toy, with quantities and the total over all of them.
 #[utoipa::path(get, path = "/toys/{id}/letters", tag = "queries",
-    params(("id" = String, Path, description = "Toy slug"), PageParams),
+    params(("id" = String, Path, description = "Toy slug", max_length = 64, pattern = "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$"), PageParams),
     responses((status = 200, body = ToyLettersResponse), (status = 404, body = Problem, content_type = "application/problem+json"), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["read"])))]
 pub(crate) async fn toy_letters(
@@ -104,7 +104,7 @@ pub(crate) async fn list_letters(
 
 /// One letter: lines, unit prices, total and status.
 #[utoipa::path(get, path = "/letters/{id}", tag = "queries",
-    params(("id" = String, Path, description = "Letter id"), ConsistencyParams),
+    params(("id" = String, Path, description = "Letter id", max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$"), ConsistencyParams),
     responses((status = 200, body = LetterResponse), (status = 404, body = Problem, content_type = "application/problem+json"), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["read"])))]
 pub(crate) async fn get_letter(
@@ -124,7 +124,7 @@ pub(crate) async fn get_letter(
 
 /// The letter's events in order, read from the log.
 #[utoipa::path(get, path = "/letters/{id}/history", tag = "queries",
-    params(("id" = String, Path, description = "Letter id"), ConsistencyParams),
+    params(("id" = String, Path, description = "Letter id", max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$"), ConsistencyParams),
     responses((status = 200, body = HistoryResponse), (status = 404, body = Problem, content_type = "application/problem+json"), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = ["read"])))]
 pub(crate) async fn letter_history(
