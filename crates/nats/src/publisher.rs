@@ -15,6 +15,8 @@ use santa_cqrs::LogError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::message::unavailable;
+
 /// See [`crate::NatsOptions::publish_linger`]. Scaled out (API, projector, NATS and
 /// PostgreSQL on two cores) at 4,400 letters/s, two runs each in turn with no linger, this
 /// one and 2 ms: every process's CPU per letter 281/284, 208/217 and 215/208 µs (NATS's
@@ -69,9 +71,7 @@ impl Publisher {
             sent,
         };
         self.queue.send(publish).await.map_err(|_| stopped())?;
-        ack.await
-            .map_err(|_| stopped())?
-            .map_err(|e| LogError::Unavailable(e.to_string()))
+        ack.await.map_err(|_| stopped())?.map_err(unavailable)
     }
 }
 
