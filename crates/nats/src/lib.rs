@@ -6,8 +6,8 @@
 //! - Per-stream optimistic concurrency is JetStream's `Nats-Expected-Last-Subject-Sequence`;
 //!   a repeated event is dropped by `Nats-Msg-Id` de-duplication and answered with its
 //!   original sequence. A command is acknowledged only after JetStream acknowledged the
-//!   publish. Under load, publishes go in groups, at most one per linger
-//!   ([`NatsOptions::publish_linger`]).
+//!   publish. While JetStream's answers are pending, publishes gather into groups, for
+//!   at most a linger ([`NatsOptions::publish_linger`]).
 //! - The global position is the JetStream stream sequence.
 //! - Projections read one partition each through an ordered consumer starting after the
 //!   checkpoint their read store holds; the read store, not the broker, is the durable

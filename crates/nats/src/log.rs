@@ -36,9 +36,9 @@ pub struct NatsOptions {
     /// be seen this late (a letter may then carry a toy's price changed that long before
     /// it). Zero reads every time.
     pub context_max_age: Duration,
-    /// How long the publishes of appends may gather before they go to JetStream together:
-    /// at most one group per linger, and a publish after a quiet linger goes at once.
-    /// Zero publishes each at once.
+    /// How long the publishes of appends may gather, while JetStream has not answered
+    /// those sent before them, to go together: at most a linger after the last group. A
+    /// publish goes at once when everything sent was answered. Zero publishes each at once.
     pub publish_linger: Duration,
 }
 
@@ -374,19 +374,20 @@ impl NatsEventLog {
             headers.insert(EVENT_TYPE, event.event_type.as_str());
             headers.insert(SCHEMA, event.schema_version.to_string().as_str());
             headers.insert(RECORDED_AT, now.to_string().as_str());
-            let pending = match &self.publisher {
+            let ack = match &self.publisher {
                 Some(publisher) => {
                     publisher
                         .publish(subject.clone(), headers, event.data.clone())
                         .await?
                 }
-                None => self
-                    .jetstream
-                    .publish_with_headers(subject.clone(), headers, event.data.clone().into())
-                    .await
-                    .map_err(unavailable)?,
+                None => {
+                    self.jetstream
+                        .publish_with_headers(subject.clone(), headers, event.data.clone().into())
+                        .await
+                        .map_err(unavailable)?
+                        .await
+                }
             };
-            let ack = pending.await;
             match ack {
                 Ok(ack) => last_sequence = ack.sequence,
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {

@@ -208,10 +208,10 @@ struct HttpArgs {
     /// Toys changed through this process are read afresh at once.
     #[arg(long, env = "SANTA_CONTEXT_MAX_AGE", default_value = "250ms", value_parser = humantime::parse_duration)]
     context_max_age: Duration,
-    /// On JetStream: how long commands' publishes may gather to go to JetStream together
-    /// (at most one group per linger; one after a quiet linger goes at once). Less CPU per
-    /// letter under load for up to this much more acknowledgement latency; `0s` publishes
-    /// each at once.
+    /// On JetStream: how long commands' publishes may gather, while JetStream has not
+    /// answered those sent before them, to go together (a publish goes at once when all
+    /// were answered). Less CPU per letter when JetStream is busy, for up to this much
+    /// more acknowledgement latency then; `0s` publishes each at once.
     #[arg(long, env = "SANTA_PUBLISH_LINGER", default_value = "1ms", value_parser = humantime::parse_duration)]
     publish_linger: Duration,
 }
