@@ -112,24 +112,23 @@ mod tests {
             long.as_str(),
             too_long.as_str(),
         ];
-        for pattern in toy_patterns {
-            let pattern = Regex::new(&pattern).unwrap();
-            for sample in samples {
-                assert_eq!(
-                    pattern.is_match(sample),
-                    ToyId::parse(sample).is_ok(),
-                    "toy id {sample:?} against {pattern}"
-                );
-            }
-        }
-        for pattern in letter_patterns {
-            let pattern = Regex::new(&pattern).unwrap();
-            for sample in samples {
-                assert_eq!(
-                    pattern.is_match(sample),
-                    LetterId::parse(sample).is_ok(),
-                    "letter id {sample:?} against {pattern}"
-                );
+        type Accepts = fn(&str) -> bool;
+        let rules: [(&str, [String; 4], Accepts); 2] = [
+            ("toy id", toy_patterns, |id| ToyId::parse(id).is_ok()),
+            ("letter id", letter_patterns, |id| {
+                LetterId::parse(id).is_ok()
+            }),
+        ];
+        for (what, patterns, accepted) in rules {
+            for pattern in patterns {
+                let pattern = Regex::new(&pattern).unwrap();
+                for sample in samples {
+                    assert_eq!(
+                        pattern.is_match(sample),
+                        accepted(sample),
+                        "{what} {sample:?} against {pattern}"
+                    );
+                }
             }
         }
     }
