@@ -31,9 +31,12 @@ use crate::message::unavailable;
 /// p99 within 50 ms) 5,184 and 5,184/s → 6,221 and 6,221/s. Waiting only while answers
 /// are pending, as here: p50 0.34/0.36 ms at 2,583/s and 0.41/0.38 ms at 864/s (against
 /// 1.66/1.77 and 0.58/1.02), for more CPU there (356/375 against 268/284 µs, where the
-/// cores have room), and the same highest rates: 7,466 and 6,221/s against 7,466 and
-/// 5,184/s. 2 ms saved no more CPU than 1 ms and waited longer; the timer's granularity
-/// (1 ms) makes a linger last up to about two.
+/// cores have room), and as high a rate by hand: 7,466 and 6,221/s against 7,466 and
+/// 5,184/s. In one full run of `santa bench-suite` each, though, the rule without regard
+/// to answers sustained 6,429/s at 214 µs per letter and this one 5,357/s at 258 µs (few
+/// publishes gather at that rate): which gives more at the top is not settled. 2 ms saved
+/// no more CPU than 1 ms and waited longer; the timer's granularity (1 ms) makes a linger
+/// last up to about two.
 pub const DEFAULT_PUBLISH_LINGER: Duration = Duration::from_millis(1);
 
 /// Publishes sent in one group at most.
