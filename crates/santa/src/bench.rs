@@ -9,7 +9,8 @@
 //! it: the projection lag a client sees.
 //!
 //! `find_max` runs steady steps at rising rates and keeps the highest one the server
-//! sustains within a p99 bound: the latency-against-offered-load curve comes with it.
+//! sustains within a p99 bound, then narrows the gap to the next rate: the
+//! latency-against-offered-load curve comes with it.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -20,7 +21,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -62,6 +63,10 @@ pub struct BenchConfig {
     pub p99_bound: Duration,
     /// find-max: how long each step lasts.
     pub step: Duration,
+    /// find-max: how many rates to try, each once the projections have caught up, between
+    /// the highest rate sustained and the lowest one above it that was not, halving that
+    /// gap each time.
+    pub refine: u32,
     /// Reads: letter ids `<prefix><n>` for n in 1..=count of each range, spread over
     /// all of them evenly.
     pub read_ids: Vec<(String, u64)>,
@@ -82,6 +87,7 @@ impl BenchConfig {
             progress: false,
             p99_bound: Duration::from_millis(50),
             step: Duration::from_secs(5),
+            refine: 3,
             read_ids: Vec::new(),
         }
     }
@@ -732,9 +738,11 @@ pub struct Step {
     pub report: BenchReport,
     /// Kept within the bound: everything acknowledged, nothing shed, p99 under the bound.
     pub sustained: bool,
+    /// Tried between two rising steps once the projections had caught up.
+    pub refinement: bool,
 }
 
-/// Steady steps at rising rates.
+/// Steady steps at rising rates, then refinements between them; in order of rate.
 #[derive(Debug, Clone)]
 pub struct FindMaxReport {
     pub path: String,
@@ -745,11 +753,25 @@ pub struct FindMaxReport {
 impl FindMaxReport {
     /// The highest rate sustained.
     pub fn max_sustained(&self) -> Option<&Step> {
-        self.steps
-            .iter()
-            .filter(|s| s.sustained)
-            .max_by_key(|s| s.rate)
+        highest_sustained(&self.steps)
     }
+}
+
+fn highest_sustained(steps: &[Step]) -> Option<&Step> {
+    steps.iter().filter(|s| s.sustained).max_by_key(|s| s.rate)
+}
+
+/// The rate halfway between the highest rate sustained and the lowest one above it that
+/// was not, if there is a whole rate between them.
+fn next_refinement(steps: &[Step]) -> Option<u32> {
+    let low = highest_sustained(steps)?.rate;
+    let high = steps
+        .iter()
+        .filter(|s| !s.sustained && s.rate > low)
+        .map(|s| s.rate)
+        .min()?;
+    let middle = low + (high - low) / 2;
+    (middle > low).then_some(middle)
 }
 
 /// How much faster each step offers than the one before.
@@ -758,8 +780,11 @@ const STEP_GROWTH: f64 = 1.2;
 /// How many failures a run keeps the reason of.
 const MAX_FAILURES_KEPT: usize = 3;
 
-/// Most steps a find-max run takes.
+/// Most rising steps a find-max run takes.
 const MAX_STEPS: usize = 40;
+
+/// How long find-max waits for the projections to catch up before a refinement.
+const SETTLE_LIMIT: Duration = Duration::from_secs(300);
 
 /// Whether a step's report keeps the bound.
 pub fn sustains(report: &BenchReport, rate: u32, p99_bound: Duration) -> bool {
@@ -774,47 +799,105 @@ pub fn sustains(report: &BenchReport, rate: u32, p99_bound: Duration) -> bool {
 
 /// Raises the rate from `config.rate` by a fifth per step of `config.step` until two steps
 /// in a row break the bound (p99 above `config.p99_bound`, or anything shed, failed or
-/// not sent).
+/// not sent); then tries `config.refine` rates between the highest rate sustained and the
+/// next, each once the projections have applied the backlog the steps before left.
 pub async fn find_max(config: BenchConfig) -> anyhow::Result<FindMaxReport> {
     let mut rate = config.rate.max(1);
     let mut steps = Vec::new();
     let mut misses = 0;
     while steps.len() < MAX_STEPS && misses < 2 {
-        let step = BenchConfig {
-            rate,
-            duration: config.step,
-            scenario: Scenario::Steady,
-            ..config.clone()
-        };
-        let report = run(step).await?;
-        let sustained = sustains(&report, rate, config.p99_bound);
-        if config.progress {
-            eprintln!(
-                "{rate:>7}/s offered: {:>7.0}/s acknowledged, p99 {:>8.2} ms, {} shed, {} failed, {} not sent {}",
-                report.throughput(),
-                report.latency.p99_us as f64 / 1000.0,
-                report.shed,
-                report.failed,
-                report.not_sent,
-                if sustained { "✓" } else { "✗" }
-            );
-            if let Some(failure) = report.failures.first() {
-                eprintln!("          first failure: {failure}");
-            }
-        }
-        misses = if sustained { 0 } else { misses + 1 };
-        steps.push(Step {
-            rate,
-            report,
-            sustained,
-        });
+        let step = offer_step(&config, rate, false).await?;
+        misses = if step.sustained { 0 } else { misses + 1 };
+        steps.push(step);
         rate = ((f64::from(rate) * STEP_GROWTH).ceil() as u32).max(rate + 1);
     }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    for _ in 0..config.refine {
+        let Some(rate) = next_refinement(&steps) else {
+            break;
+        };
+        match caught_up(&http, &config, SETTLE_LIMIT).await {
+            Ok(_) => {}
+            // Measured anyway: a backlog left over only makes the rate harder to sustain.
+            Err(error) if config.progress => {
+                eprintln!("          not waiting for the projections: {error:#}");
+            }
+            Err(_) => {}
+        }
+        steps.push(offer_step(&config, rate, true).await?);
+    }
+    steps.sort_by_key(|s| s.rate);
     Ok(FindMaxReport {
         path: config.path,
         p99_bound: config.p99_bound,
         steps,
     })
+}
+
+/// One step of find-max: `rate` for `config.step`, judged against the bound.
+async fn offer_step(config: &BenchConfig, rate: u32, refinement: bool) -> anyhow::Result<Step> {
+    let report = run(BenchConfig {
+        rate,
+        duration: config.step,
+        scenario: Scenario::Steady,
+        ..config.clone()
+    })
+    .await?;
+    let sustained = sustains(&report, rate, config.p99_bound);
+    if config.progress {
+        eprintln!(
+            "{rate:>7}/s offered: {:>7.0}/s acknowledged, p99 {:>8.2} ms, {} shed, {} failed, {} not sent {}{}",
+            report.throughput(),
+            report.latency.p99_us as f64 / 1000.0,
+            report.shed,
+            report.failed,
+            report.not_sent,
+            if sustained { "✓" } else { "✗" },
+            if refinement { " (refinement)" } else { "" }
+        );
+        if let Some(failure) = report.failures.first() {
+            eprintln!("          first failure: {failure}");
+        }
+    }
+    Ok(Step {
+        rate,
+        report,
+        sustained,
+        refinement,
+    })
+}
+
+/// Waits until every projection the server reports has applied the whole log, at most
+/// `limit`, and returns how long that took; `None` when the server has no projections to
+/// report (`/admin/projections` not found: a server without read stores).
+pub async fn caught_up(
+    http: &reqwest::Client,
+    config: &BenchConfig,
+    limit: Duration,
+) -> anyhow::Result<Option<Duration>> {
+    let started = Instant::now();
+    loop {
+        let response = request(http, config, reqwest::Method::GET, "/admin/projections")
+            .send()
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let status = response.error_for_status()?.json::<Value>().await?;
+        let behind = status["projections"]
+            .as_array()
+            .is_none_or(|all| all.iter().any(|p| p["lag_events"] != 0));
+        if !behind {
+            return Ok(Some(started.elapsed()));
+        }
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "projections still behind after {limit:?}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 impl fmt::Display for FindMaxReport {
@@ -828,13 +911,14 @@ impl fmt::Display for FindMaxReport {
             let ms = |us: u64| us as f64 / 1000.0;
             writeln!(
                 f,
-                "{:>9} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>6}",
+                "{:>9} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>6}{}",
                 s.rate,
                 s.report.throughput(),
                 ms(s.report.latency.p50_us),
                 ms(s.report.latency.p99_us),
                 ms(s.report.latency.max_us),
-                if s.sustained { "yes" } else { "no" }
+                if s.sustained { "yes" } else { "no" },
+                if s.refinement { "  (refinement)" } else { "" }
             )?;
         }
         match self.max_sustained() {
@@ -903,6 +987,123 @@ mod tests {
         let (url, gets) = toy_server(vec![StatusCode::METHOD_NOT_ALLOWED]).await;
         set_up_toys(&http, &BenchConfig::new(url)).await.unwrap();
         assert_eq!(gets.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    fn step(rate: u32, sustained: bool) -> Step {
+        let latency = Summary::default();
+        Step {
+            rate,
+            report: BenchReport {
+                offered: u64::from(rate),
+                acknowledged: u64::from(rate),
+                shed: 0,
+                failed: 0,
+                not_sent: 0,
+                elapsed: Duration::from_secs(1),
+                latency,
+                lag: latency,
+                lag_series: Vec::new(),
+                reads: latency,
+                read_your_writes: latency,
+                failed_reads: 0,
+                dispatch_lateness: latency,
+                id_prefix: "bench-1-".into(),
+                failures: Vec::new(),
+                steal: None,
+            },
+            sustained,
+            refinement: false,
+        }
+    }
+
+    #[test]
+    fn refinements_halve_the_gap_between_the_highest_rate_sustained_and_the_next() {
+        let mut steps = vec![
+            step(833, true),
+            step(1000, true),
+            step(1200, false),
+            step(1440, false),
+        ];
+        assert_eq!(next_refinement(&steps), Some(1100));
+        steps.push(step(1100, false));
+        assert_eq!(next_refinement(&steps), Some(1050));
+        steps.push(step(1050, true));
+        assert_eq!(next_refinement(&steps), Some(1075));
+        steps.push(step(1075, true));
+        assert_eq!(next_refinement(&steps), Some(1087));
+        // A failed rate below the highest sustained one (a stall) is not the upper end.
+        let noisy = vec![
+            step(1000, true),
+            step(1200, false),
+            step(1300, true),
+            step(1500, false),
+        ];
+        assert_eq!(next_refinement(&noisy), Some(1400));
+        // Nothing to narrow: no rate sustained, none failed above it, or no rate between.
+        assert_eq!(next_refinement(&[step(500, false), step(600, false)]), None);
+        assert_eq!(next_refinement(&[step(500, true), step(600, true)]), None);
+        assert_eq!(next_refinement(&[step(500, true), step(501, false)]), None);
+    }
+
+    /// A server whose `/admin/projections` answers `answers` in turn (the last one from
+    /// then on): a status and the lag it reports.
+    async fn projections_server(answers: Vec<(StatusCode, u64)>) -> String {
+        use axum::routing::get;
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = axum::Router::new().route(
+            "/admin/projections",
+            get(move || {
+                let n = asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (status, lag) = answers[n.min(answers.len() - 1)];
+                let body = json!({"projections": [
+                    {"name": "letters", "lag_events": 0},
+                    {"name": "analytics", "lag_events": lag},
+                ]});
+                async move { (status, axum::Json(body)) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn find_max_settles_by_waiting_until_every_projection_has_caught_up() {
+        let http = reqwest::Client::new();
+        let limit = Duration::from_secs(10);
+        let url = projections_server(vec![
+            (StatusCode::OK, 40),
+            (StatusCode::OK, 3),
+            (StatusCode::OK, 0),
+        ])
+        .await;
+        let waited = caught_up(&http, &BenchConfig::new(url), limit)
+            .await
+            .unwrap();
+        // Asked three times, twenty milliseconds apart.
+        assert!(waited.unwrap() >= Duration::from_millis(40), "{waited:?}");
+        // A server without projections (a baseline): nothing to wait for.
+        let url = projections_server(vec![(StatusCode::NOT_FOUND, 0)]).await;
+        assert_eq!(
+            caught_up(&http, &BenchConfig::new(url), limit)
+                .await
+                .unwrap(),
+            None
+        );
+        // One that refuses to say is an error, not a caught-up server.
+        let url = projections_server(vec![(StatusCode::UNAUTHORIZED, 0)]).await;
+        assert!(
+            caught_up(&http, &BenchConfig::new(url), limit)
+                .await
+                .is_err()
+        );
+        // One that never catches up is an error once the limit has passed.
+        let url = projections_server(vec![(StatusCode::OK, 5)]).await;
+        let error = caught_up(&http, &BenchConfig::new(url), Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("still behind"), "{error}");
     }
 
     #[test]

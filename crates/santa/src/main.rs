@@ -96,6 +96,11 @@ struct BenchArgs {
     /// find-max: how long each rate is offered; `--rate` is the first rate.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     step: Duration,
+    /// find-max: rates tried after the rising steps, between the highest rate sustained and
+    /// the lowest one above it that was not (halving the gap each time), each once the
+    /// server's projections have caught up (seen with `/admin/projections`).
+    #[arg(long, default_value_t = 3)]
+    refine: u32,
     /// reads: letters to read, as `PREFIX:COUNT` (ids `PREFIX0000000001` up to COUNT, the
     /// number zero-padded to ten digits: the letters of an earlier run, whose report
     /// names them); `{id}` in `--path` is replaced by one of them. May be given more
@@ -329,6 +334,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         progress: true,
         p99_bound: args.p99_bound,
         step: args.step,
+        refine: args.refine,
         read_ids: args.read_ids,
     };
     if args.scenario == santa::bench::Scenario::FindMax {

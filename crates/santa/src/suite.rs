@@ -234,26 +234,9 @@ async fn drained_by(
 
 /// Waits until every projection has applied the whole log; returns how long it took.
 async fn drained(http: &reqwest::Client, url: &str, limit: Duration) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    loop {
-        let status: Value = http
-            .get(format!("{url}/admin/projections"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let behind = status["projections"]
-            .as_array()
-            .is_none_or(|all| all.iter().any(|p| p["lag_events"] != 0));
-        if !behind {
-            return Ok(started.elapsed());
-        }
-        anyhow::ensure!(
-            started.elapsed() < limit,
-            "projections still behind after {limit:?}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    bench::caught_up(http, &BenchConfig::new(url), limit)
+        .await?
+        .with_context(|| format!("{url} reports no projections"))
 }
 
 fn config(url: &str, path: &str, rate: u32, suite: &SuiteConfig) -> BenchConfig {
@@ -261,6 +244,7 @@ fn config(url: &str, path: &str, rate: u32, suite: &SuiteConfig) -> BenchConfig 
         rate,
         path: path.to_owned(),
         step: suite.step(),
+        refine: if suite.quick { 1 } else { 3 },
         p99_bound: suite.p99_bound,
         lag_every: 0,
         progress: true,
@@ -1262,6 +1246,7 @@ fn curve_json(report: &FindMaxReport) -> Value {
             "p99_ms": ms(s.report.latency.p99_us),
             "max_ms": ms(s.report.latency.max_us),
             "sustained": s.sustained,
+            "refinement": s.refinement,
         })).collect::<Vec<_>>(),
     })
 }
@@ -1445,7 +1430,12 @@ fn curve_table(out: &mut String, title: &str, report: &FindMaxReport) {
             ms(s.report.latency.p99_us),
             ms(s.report.latency.max_us),
             percent(s.report.steal),
-            if s.sustained { "yes" } else { "no" }
+            match (s.sustained, s.refinement) {
+                (true, false) => "yes",
+                (false, false) => "no",
+                (true, true) => "yes (refinement)",
+                (false, true) => "no (refinement)",
+            }
         );
     }
 }
@@ -1489,10 +1479,14 @@ fn render(
          measures, so every figure includes its share of the cores. A rate is *sustained* \
          when every request offered is acknowledged (nothing shed, failed or left unsent), \
          the acknowledged rate is within 5 % of the offered one and p99 stays within {} ms; \
-         find-max raises the rate by a fifth per {:?} step until two steps in a row break that.\n",
+         find-max raises the rate by a fifth per {:?} step until two steps in a row break that, \
+         then tries {} rates between the highest sustained and the lowest above it that was \
+         not, halving that gap each time, each once the projections have caught up \
+         (*refinement* in the tables).\n",
         machine(),
         suite.p99_bound.as_millis(),
-        suite.step()
+        suite.step(),
+        config("", "", 0, suite).refine
     );
     let _ = writeln!(out, "## Targets\n\n| target | measured | |\n|---|---|---|");
     let bound = |report: &BenchReport| ms(report.latency.p99_us);
@@ -2006,6 +2000,7 @@ mod tests {
                     rate,
                     report: report(rate, p99),
                     sustained,
+                    refinement: false,
                 })
                 .collect(),
         }
