@@ -348,20 +348,23 @@ fn median_run(mut runs: Vec<BenchReport>) -> anyhow::Result<(BenchReport, Vec<u6
     Ok((runs.swap_remove(middle), p99s))
 }
 
-/// Runs a minute at find-max's highest rate on a fresh server, and a sixth lower each time
-/// it is not held (up to four tries): held means sustained as in find-max, with lag at
-/// most 5 s throughout and drained within 5 s after. Ten-second steps can find a rate the
-/// log takes while the projections fall further and further behind. Returns the rate
-/// held (or the last tried), its run and its drain time.
+/// Runs a minute at find-max's highest rate on a fresh server, a sixth lower each time it
+/// is not held, and once one is held, halfway between it and the lowest not held while
+/// that gap is more than a fortieth of the rate (up to [`HOLD_TRIES`] runs in all): held
+/// means sustained as in find-max, with lag at most 5 s throughout and drained within 5 s
+/// after. Ten-second steps can find a rate the log takes while the projections fall
+/// further and further behind. Returns the highest rate held (or the last tried), its run
+/// and its drain time.
 async fn hold_highest_rate(
     http: &reqwest::Client,
     suite: &SuiteConfig,
     found: u32,
 ) -> anyhow::Result<(u32, BenchReport, Duration)> {
     let mut rate = found;
-    let mut tries = 0;
-    loop {
-        tries += 1;
+    let mut highest_held: Option<(u32, BenchReport, Duration)> = None;
+    let mut last_not_held: Option<(u32, BenchReport, Duration)> = None;
+    let mut lowest_not_held: Option<u32> = None;
+    for _ in 0..HOLD_TRIES {
         let (server, report) = on_fresh_server(
             http,
             suite,
@@ -382,13 +385,39 @@ async fn hold_highest_rate(
             report.elapsed.as_secs_f64(),
             if held { "held" } else { "not held" }
         );
-        if held || tries == 4 || rate <= 1 {
-            return Ok((rate, report, drain));
+        if held {
+            if highest_held.as_ref().is_none_or(|(best, ..)| rate > *best) {
+                highest_held = Some((rate, report, drain));
+            }
+        } else {
+            lowest_not_held = Some(lowest_not_held.map_or(rate, |low| low.min(rate)));
+            last_not_held = Some((rate, report, drain));
         }
-        rate = (rate * 5 / 6).max(1);
+        match next_hold_rate(highest_held.as_ref().map(|(r, ..)| *r), lowest_not_held) {
+            Some(next) => rate = next,
+            None => break,
+        }
     }
+    highest_held
+        .or(last_not_held)
+        .context("no run at the highest rate")
 }
 
+/// Most one-minute runs [`hold_highest_rate`] takes.
+const HOLD_TRIES: usize = 5;
+
+/// The next rate [`hold_highest_rate`] tries, given the highest rate held so far and the
+/// lowest not held: a sixth lower while nothing is held, then halfway between the two
+/// while they are more than a fortieth of the held rate apart.
+fn next_hold_rate(held: Option<u32>, not_held: Option<u32>) -> Option<u32> {
+    match (held, not_held) {
+        (None, Some(low)) => (low > 1).then(|| (low * 5 / 6).max(1)),
+        (Some(high), Some(low)) if low > high => {
+            ((low - high).saturating_mul(40) > high).then(|| high + (low - high) / 2)
+        }
+        _ => None,
+    }
+}
 /// How far behind the projections may fall during the minute at the highest rate, and how
 /// long they may take to catch up after it.
 const LAG_BOUND: Duration = Duration::from_secs(5);
@@ -1978,6 +2007,20 @@ mod tests {
         assert_eq!((max_rate(&ceiling), max_rate(&durable)), (8_000, 4_800));
         assert_eq!(each, [(4_000, 10_000), (4_500, 5_000), (4_800, 8_000)]);
         assert!(median_pair(Vec::new()).is_err());
+    }
+
+    #[test]
+    fn the_highest_rate_held_is_sought_a_sixth_lower_then_halfway_to_the_lowest_not_held() {
+        // Not held at find-max's rate: a sixth lower, and again.
+        assert_eq!(next_hold_rate(None, Some(14136)), Some(11780));
+        assert_eq!(next_hold_rate(None, Some(11780)), Some(9816));
+        // Held: halfway up to the lowest rate not held, while the gap is worth a run.
+        assert_eq!(next_hold_rate(Some(9816), Some(11780)), Some(10798));
+        assert_eq!(next_hold_rate(Some(10798), Some(11780)), Some(11289));
+        assert_eq!(next_hold_rate(Some(10798), Some(11000)), None);
+        // Held at find-max's rate at once: nothing above it to try.
+        assert_eq!(next_hold_rate(Some(14136), None), None);
+        assert_eq!(next_hold_rate(None, Some(1)), None);
     }
 
     #[test]
