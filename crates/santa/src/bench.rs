@@ -940,6 +940,30 @@ impl fmt::Display for FindMaxReport {
     }
 }
 
+/// A report of `rate` letters in a second, all acknowledged, with `latency` for every
+/// distribution: for tests of what is made of reports.
+#[cfg(test)]
+pub(crate) fn report_at(rate: u32, latency: Summary) -> BenchReport {
+    BenchReport {
+        offered: u64::from(rate),
+        acknowledged: u64::from(rate),
+        shed: 0,
+        failed: 0,
+        not_sent: 0,
+        elapsed: Duration::from_secs(1),
+        latency,
+        lag: latency,
+        lag_series: Vec::new(),
+        reads: latency,
+        read_your_writes: latency,
+        failed_reads: 0,
+        dispatch_lateness: latency,
+        id_prefix: "bench-1-".into(),
+        failures: Vec::new(),
+        steal: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -990,27 +1014,9 @@ mod tests {
     }
 
     fn step(rate: u32, sustained: bool) -> Step {
-        let latency = Summary::default();
         Step {
             rate,
-            report: BenchReport {
-                offered: u64::from(rate),
-                acknowledged: u64::from(rate),
-                shed: 0,
-                failed: 0,
-                not_sent: 0,
-                elapsed: Duration::from_secs(1),
-                latency,
-                lag: latency,
-                lag_series: Vec::new(),
-                reads: latency,
-                read_your_writes: latency,
-                failed_reads: 0,
-                dispatch_lateness: latency,
-                id_prefix: "bench-1-".into(),
-                failures: Vec::new(),
-                steal: None,
-            },
+            report: report_at(rate, Summary::default()),
             sustained,
             refinement: false,
         }

@@ -1924,22 +1924,9 @@ mod tests {
             max_us: p99_ms * 1500,
         };
         BenchReport {
-            offered: u64::from(rate),
-            acknowledged: u64::from(rate),
-            shed: 0,
-            failed: 0,
-            not_sent: 0,
-            elapsed: Duration::from_secs(1),
-            latency,
-            lag: latency,
             lag_series: vec![(0.5, 3.0), (1.0, 4.0)],
-            reads: latency,
-            read_your_writes: latency,
-            failed_reads: 0,
-            dispatch_lateness: latency,
-            id_prefix: "bench-1-".into(),
-            failures: Vec::new(),
             steal: Some(0.05),
+            ..bench::report_at(rate, latency)
         }
     }
 
