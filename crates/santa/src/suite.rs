@@ -45,6 +45,11 @@ impl SuiteConfig {
         }
     }
 
+    /// find-max's refinements after its rising steps.
+    fn refine(&self) -> u32 {
+        if self.quick { 1 } else { 3 }
+    }
+
     fn run(&self, full: u64) -> Duration {
         Duration::from_secs(if self.quick {
             full.div_ceil(4).max(3)
@@ -244,7 +249,7 @@ fn config(url: &str, path: &str, rate: u32, suite: &SuiteConfig) -> BenchConfig 
         rate,
         path: path.to_owned(),
         step: suite.step(),
-        refine: if suite.quick { 1 } else { 3 },
+        refine: suite.refine(),
         p99_bound: suite.p99_bound,
         lag_every: 0,
         progress: true,
@@ -361,9 +366,10 @@ async fn hold_highest_rate(
     found: u32,
 ) -> anyhow::Result<(u32, BenchReport, Duration)> {
     let mut rate = found;
+    // Each rate tried lies between the highest held and the lowest not held so far
+    // (`next_hold_rate`), so the last of each kind is the one that bounds the search.
     let mut highest_held: Option<(u32, BenchReport, Duration)> = None;
-    let mut last_not_held: Option<(u32, BenchReport, Duration)> = None;
-    let mut lowest_not_held: Option<u32> = None;
+    let mut lowest_not_held: Option<(u32, BenchReport, Duration)> = None;
     for _ in 0..HOLD_TRIES {
         let (server, report) = on_fresh_server(
             http,
@@ -385,21 +391,20 @@ async fn hold_highest_rate(
             report.elapsed.as_secs_f64(),
             if held { "held" } else { "not held" }
         );
+        let tried = Some((rate, report, drain));
         if held {
-            if highest_held.as_ref().is_none_or(|(best, ..)| rate > *best) {
-                highest_held = Some((rate, report, drain));
-            }
+            highest_held = tried;
         } else {
-            lowest_not_held = Some(lowest_not_held.map_or(rate, |low| low.min(rate)));
-            last_not_held = Some((rate, report, drain));
+            lowest_not_held = tried;
         }
-        match next_hold_rate(highest_held.as_ref().map(|(r, ..)| *r), lowest_not_held) {
+        let rate_of = |run: &Option<(u32, BenchReport, Duration)>| run.as_ref().map(|r| r.0);
+        match next_hold_rate(rate_of(&highest_held), rate_of(&lowest_not_held)) {
             Some(next) => rate = next,
             None => break,
         }
     }
     highest_held
-        .or(last_not_held)
+        .or(lowest_not_held)
         .context("no run at the highest rate")
 }
 
@@ -418,6 +423,7 @@ fn next_hold_rate(held: Option<u32>, not_held: Option<u32>) -> Option<u32> {
         _ => None,
     }
 }
+
 /// How far behind the projections may fall during the minute at the highest rate, and how
 /// long they may take to catch up after it.
 const LAG_BOUND: Duration = Duration::from_secs(5);
@@ -1515,7 +1521,7 @@ fn render(
         machine(),
         suite.p99_bound.as_millis(),
         suite.step(),
-        config("", "", 0, suite).refine
+        suite.refine()
     );
     let _ = writeln!(out, "## Targets\n\n| target | measured | |\n|---|---|---|");
     let bound = |report: &BenchReport| ms(report.latency.p99_us);
