@@ -24,8 +24,8 @@ pub use log::{
 };
 pub use position::{InvalidPosition, Position};
 pub use projection::{
-    Progress, Projection, ProjectionError, ProjectionHandle, ProjectionState, ProjectionStatus,
-    RetryPolicy,
+    Prepared, Progress, Projection, ProjectionError, ProjectionHandle, ProjectionState,
+    ProjectionStatus, RetryPolicy,
 };
 pub use rebuild::{Rebuild, RebuildState, RebuildStatus, Rebuilder};
 pub use runner::ProjectionRunner;

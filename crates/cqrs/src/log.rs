@@ -236,12 +236,17 @@ pub trait EventLog: Send + Sync + Debug + 'static {
 /// Reads a log (or one partition of it) in order, waiting for new events when caught up.
 #[async_trait]
 pub trait EventSource: Send + Debug {
-    /// The next events, at most `max`, waiting until there is at least one.
+    /// The next events, at most `max`, waiting until there is at least one. Cancel-safe:
+    /// dropped before it returns, it hands out nothing, and the next call reads the same
+    /// events (the runner drops it when idle, at shutdown, and when a read ahead is not
+    /// done by the time the batch before it is applied).
     async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>, LogError>;
 
-    /// The reader's owner durably applied everything returned so far (logs that track
-    /// consumers acknowledge it to the broker).
-    async fn committed(&mut self) -> Result<(), LogError> {
+    /// The reader's owner durably applied everything returned up to `upto` (logs that
+    /// track consumers acknowledge it to the broker). Events returned after it, read ahead,
+    /// are not applied yet.
+    async fn committed(&mut self, upto: Position) -> Result<(), LogError> {
+        let _ = upto;
         Ok(())
     }
 }

@@ -1,3 +1,4 @@
+use std::any::Any;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -29,6 +30,27 @@ pub trait Projection: Send + Sync + std::fmt::Debug + 'static {
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError>;
 
+    /// The part of a batch's work that needs no store (decoding the events, turning them
+    /// into the store's changes), done apart from the write: while the store applies one
+    /// batch, the runner prepares the next one it has read, on another core. By default it
+    /// only holds the events for [`Projection::apply_prepared`], which applies them with
+    /// [`Projection::apply_batch`]. Errors are reported when the batch's turn comes, as
+    /// `apply_batch` would report them.
+    fn prepare(&self, events: &[RecordedEvent]) -> Result<Prepared, ProjectionError> {
+        Ok(Prepared::new(events.len(), events.to_vec()))
+    }
+
+    /// Applies a batch made by this projection's [`Projection::prepare`], with the same
+    /// rules as [`Projection::apply_batch`].
+    async fn apply_prepared(
+        &self,
+        progress: Progress,
+        batch: Prepared,
+    ) -> Result<(), ProjectionError> {
+        let events: Vec<RecordedEvent> = batch.take()?;
+        self.apply_batch(progress, &events).await
+    }
+
     /// Applies `batch` (events of `partition` after `expected`, in order) and moves the
     /// checkpoint to its last event, if the stored checkpoint is `expected`.
     async fn apply(
@@ -59,6 +81,43 @@ pub trait Projection: Send + Sync + std::fmt::Debug + 'static {
             "the {} projection's store cannot be rebuilt",
             self.name()
         )))
+    }
+}
+
+/// A batch made ready for a projection's store by [`Projection::prepare`]: whatever that
+/// projection's [`Projection::apply_prepared`] takes.
+pub struct Prepared {
+    events: usize,
+    work: Box<dyn Any + Send>,
+}
+
+impl Prepared {
+    /// `work` prepared from a batch of `events` events.
+    pub fn new<T: Send + 'static>(events: usize, work: T) -> Self {
+        Self {
+            events,
+            work: Box::new(work),
+        }
+    }
+
+    /// How many events the batch held.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// The work, as the projection that prepared it made it.
+    pub fn take<T: 'static>(self) -> Result<T, ProjectionError> {
+        self.work.downcast().map(|work| *work).map_err(|_| {
+            ProjectionError::Store("a batch prepared by another projection was applied".into())
+        })
+    }
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("events", &self.events)
+            .finish_non_exhaustive()
     }
 }
 

@@ -23,8 +23,8 @@ use tokio::sync::watch;
 
 use crate::runner::now_ms;
 use crate::{
-    DeadLetters, EventLog, Position, Progress, Projection, ProjectionError, ProjectionRunner,
-    ProjectionState, RecordedEvent, subscribe,
+    DeadLetters, EventLog, Position, Prepared, Progress, Projection, ProjectionError,
+    ProjectionRunner, ProjectionState, RecordedEvent, subscribe,
 };
 
 /// A rebuild in progress in a store: fresh, empty tables beside the live ones. Dropping it
@@ -348,6 +348,21 @@ impl Projection for Counted {
         self.inner.apply_batch(progress, events).await?;
         self.applied
             .fetch_add(events.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn prepare(&self, events: &[RecordedEvent]) -> Result<Prepared, ProjectionError> {
+        self.inner.prepare(events)
+    }
+
+    async fn apply_prepared(
+        &self,
+        progress: Progress,
+        batch: Prepared,
+    ) -> Result<(), ProjectionError> {
+        let events = batch.events() as u64;
+        self.inner.apply_prepared(progress, batch).await?;
+        self.applied.fetch_add(events, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -14,6 +14,13 @@ use crate::{
     RetryPolicy, subscribe,
 };
 
+/// A batch read while the one before it was applied, and what preparing it gave (`None`:
+/// prepared at its turn).
+struct ReadAhead {
+    batch: Result<Vec<RecordedEvent>, crate::LogError>,
+    prepared: Option<Result<crate::Prepared, ProjectionError>>,
+}
+
 /// Feeds one projection from the log: for every partition this process holds a lease on,
 /// catch up from the stored checkpoint, then follow live.
 pub struct ProjectionRunner {
@@ -267,6 +274,9 @@ impl ProjectionRunner {
                     continue 'resume;
                 }
             };
+            // The batch read (and prepared, if it could be) while the store applied the
+            // one before it.
+            let mut ahead: Option<ReadAhead> = None;
             loop {
                 if !lease.is_held() {
                     tracing::warn!(partition, "lease lost; stopping work on the partition");
@@ -298,22 +308,27 @@ impl ProjectionRunner {
                 } else {
                     self.batch_size
                 };
-                // Wake up now and then even when idle, to notice a lost lease or a new
-                // process to share the work with.
-                let batch = tokio::select! {
-                    batch = tokio::time::timeout(RECHECK, source.next_batch(size)) => match batch {
-                        Ok(batch) => batch,
-                        Err(_idle) => {
-                            // Idle while the partition has events past the checkpoint: the
-                            // reader lost its way (a broker restart, say); open a new one.
-                            if self.log.partition_head(partition).await.is_ok_and(|head| head > checkpoint) {
-                                tracing::info!(partition, "reader idle behind the log; reopening it");
-                                continue 'resume;
+                let (batch, mut prepared) = if let Some(ahead) = ahead.take() {
+                    (ahead.batch, ahead.prepared)
+                } else {
+                    // Wake up now and then even when idle, to notice a lost lease or a new
+                    // process to share the work with.
+                    let batch = tokio::select! {
+                        batch = tokio::time::timeout(RECHECK, source.next_batch(size)) => match batch {
+                            Ok(batch) => batch,
+                            Err(_idle) => {
+                                // Idle while the partition has events past the checkpoint: the
+                                // reader lost its way (a broker restart, say); open a new one.
+                                if self.log.partition_head(partition).await.is_ok_and(|head| head > checkpoint) {
+                                    tracing::info!(partition, "reader idle behind the log; reopening it");
+                                    continue 'resume;
+                                }
+                                continue;
                             }
-                            continue;
-                        }
-                    },
-                    () = &mut *shutdown => return Break(()),
+                        },
+                        () = &mut *shutdown => return Break(()),
+                    };
+                    (batch, None)
                 };
                 let batch = match batch {
                     Ok(batch) => batch,
@@ -348,7 +363,28 @@ impl ProjectionRunner {
                     expected: checkpoint,
                     upto,
                 };
-                match self.projection.apply_batch(progress, &apply).await {
+                // What was prepared ahead is of the whole batch: it serves only when nothing
+                // of it was set aside.
+                if matches!(apply, Cow::Owned(_)) {
+                    prepared = None;
+                }
+                let prepared = prepared.unwrap_or_else(|| self.projection.prepare(&apply));
+                // Catching up (a full batch): the next one is most likely there already; read
+                // and prepare it while the store applies this one.
+                let (applied, next) = match prepared {
+                    Ok(prepared) if batch.len() >= size => {
+                        let applying = self.projection.apply_prepared(progress, prepared);
+                        self.apply_reading_ahead(applying, source.as_mut(), size, &blocked)
+                            .await
+                    }
+                    Ok(prepared) => (
+                        self.projection.apply_prepared(progress, prepared).await,
+                        None,
+                    ),
+                    Err(error) => (Err(error), None),
+                };
+                ahead = next;
+                match applied {
                     Ok(()) => {
                         checkpoint = upto;
                         failures = 0;
@@ -423,6 +459,38 @@ impl ProjectionRunner {
         }
     }
 
+    /// Awaits `applying` while reading the next batch of up to `size` events from `source`
+    /// and preparing it (unless a stream of it waits behind a parked event: what is set
+    /// aside is only known at its turn). A read not finished when the batch is applied is
+    /// dropped (reads are cancel-safe) and made again at the next batch's turn.
+    async fn apply_reading_ahead(
+        &self,
+        applying: impl Future<Output = Result<(), ProjectionError>>,
+        source: &mut dyn crate::EventSource,
+        size: usize,
+        blocked: &HashMap<String, Position>,
+    ) -> (Result<(), ProjectionError>, Option<ReadAhead>) {
+        let reading = async {
+            let batch = source.next_batch(size).await;
+            let prepared = match &batch {
+                Ok(events) if !events.iter().any(|e| blocked.contains_key(&e.stream)) => {
+                    Some(self.projection.prepare(events))
+                }
+                _ => None,
+            };
+            ReadAhead { batch, prepared }
+        };
+        tokio::pin!(applying, reading);
+        let mut ahead = None;
+        loop {
+            tokio::select! {
+                biased;
+                applied = &mut applying => return (applied, ahead),
+                read = &mut reading, if ahead.is_none() => ahead = Some(read),
+            }
+        }
+    }
+
     /// Records progress after a committed batch.
     async fn advanced(
         &self,
@@ -431,7 +499,7 @@ impl ProjectionRunner {
         recorded_at: Option<i64>,
         source: &mut dyn crate::EventSource,
     ) {
-        if let Err(error) = source.committed().await {
+        if let Err(error) = source.committed(position).await {
             // The store holds the progress; the broker only hears of it.
             tracing::debug!(partition, %error, "could not acknowledge to the log");
         }

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
@@ -638,7 +638,8 @@ impl EventLog for NatsEventLog {
         Ok(Some(Box::new(PartitionReader {
             messages,
             last: after.get(),
-            unacked: None,
+            unacked: VecDeque::new(),
+            newest: None,
         })))
     }
 }

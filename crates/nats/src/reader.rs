@@ -5,7 +5,9 @@ use async_nats::jetstream;
 use async_nats::jetstream::consumer::pull;
 use async_trait::async_trait;
 use futures_util::{FutureExt, StreamExt};
-use santa_cqrs::{EventSource, LogError, RecordedEvent};
+use std::collections::VecDeque;
+
+use santa_cqrs::{EventSource, LogError, Position, RecordedEvent};
 
 use crate::message::{from_message, unavailable};
 
@@ -14,8 +16,11 @@ pub(crate) struct PartitionReader {
     pub(crate) messages: pull::Stream,
     /// The newest stream sequence handed out; redeliveries at or below it are dropped.
     pub(crate) last: u64,
-    /// The newest message handed out and not yet acknowledged.
-    pub(crate) unacked: Option<jetstream::Message>,
+    /// The last message of each batch handed out and not yet acknowledged, oldest first:
+    /// a batch read ahead is acknowledged only once it is applied.
+    pub(crate) unacked: VecDeque<(u64, jetstream::Message)>,
+    /// The newest message of the batch being read.
+    pub(crate) newest: Option<jetstream::Message>,
 }
 
 impl std::fmt::Debug for PartitionReader {
@@ -34,7 +39,7 @@ impl PartitionReader {
             return Ok(None);
         }
         self.last = event.position.get();
-        self.unacked = Some(message);
+        self.newest = Some(message);
         Ok(Some(event))
     }
 }
@@ -58,12 +63,22 @@ impl EventSource for PartitionReader {
                 Some(None) | None => break,
             }
         }
+        if let Some(message) = self.newest.take() {
+            self.unacked.push_back((self.last, message));
+        }
         Ok(batch)
     }
 
-    async fn committed(&mut self) -> Result<(), LogError> {
-        // With `AckPolicy::All`, acknowledging the newest acknowledges everything before it.
-        match self.unacked.take() {
+    async fn committed(&mut self, upto: Position) -> Result<(), LogError> {
+        // With `AckPolicy::All`, acknowledging the newest message applied acknowledges
+        // everything before it.
+        let mut applied = None;
+        while let Some((position, _)) = self.unacked.front()
+            && *position <= upto.get()
+        {
+            applied = self.unacked.pop_front().map(|(_, message)| message);
+        }
+        match applied {
             Some(message) => message.ack().await.map_err(unavailable),
             None => Ok(()),
         }

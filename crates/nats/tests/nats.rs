@@ -387,3 +387,72 @@ async fn context_reads_are_reused_within_their_age_and_own_appends_are_seen_at_o
     drop((elsewhere, uncached));
     clean_up(here).await;
 }
+
+/// A projection reads a batch ahead while it applies the one before; the broker must hear
+/// only of what was applied: acknowledging up to a position leaves the batch read after it
+/// unacknowledged.
+#[tokio::test]
+async fn a_reader_acknowledges_only_up_to_the_position_applied() {
+    let Some((log, options)) = log("acks", 1).await else {
+        return;
+    };
+    let mut positions = Vec::new();
+    for i in 0..4 {
+        let stream = format!("letter-ack{i}");
+        let event = contract::event("a");
+        positions.push(
+            log.append(&stream, ExpectedVersion::Exactly(0), vec![event])
+                .await
+                .unwrap(),
+        );
+    }
+    let dyn_log: Arc<dyn EventLog> = log.clone();
+    let mut source = santa_cqrs::subscribe(&dyn_log, "acks", 0, Position::ZERO)
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    while read.len() < 2 {
+        read.extend(source.next_batch(2).await.unwrap());
+    }
+    let applied = read[1].position;
+    // The next batch is read before the first one is reported applied.
+    while read.len() < 4 {
+        read.extend(source.next_batch(2).await.unwrap());
+    }
+    assert_eq!(
+        read.iter().map(|e| e.position).collect::<Vec<_>>(),
+        positions
+    );
+
+    let url = contract::service_url("SANTA_TEST_NATS").unwrap();
+    let client = async_nats::connect(&url).await.unwrap();
+    let stream = async_nats::jetstream::new(client)
+        .get_stream(&options.stream)
+        .await
+        .unwrap();
+    // Acknowledgements are sent without waiting for an answer: poll the consumer's ack
+    // floor, which must stop at each position reported, never past it.
+    let ack_floor_reaches = |want: Position| {
+        let stream = stream.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let info = stream.consumer_info("acks-0").await.unwrap();
+                let floor = info.ack_floor.stream_sequence;
+                assert!(floor <= want.get(), "acknowledged {floor}, past {want}");
+                if floor == want.get() {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "ack floor stuck at {floor}");
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    source.committed(applied).await.unwrap();
+    ack_floor_reaches(applied).await;
+    source.committed(positions[3]).await.unwrap();
+    ack_floor_reaches(positions[3]).await;
+    drop(source);
+    drop(dyn_log);
+    clean_up(log).await;
+}

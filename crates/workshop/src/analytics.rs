@@ -6,7 +6,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use santa_cqrs::{Position, Progress, Projection, ProjectionError, RecordedEvent};
+use santa_cqrs::{Position, Prepared, Progress, Projection, ProjectionError, RecordedEvent};
 use santa_domain::Event;
 
 use crate::kv::StoreError;
@@ -154,11 +154,25 @@ impl Projection for AnalyticsProjection {
         progress: Progress,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let changes = decode_batch(events)?
+        let batch = self.prepare(events)?;
+        self.apply_prepared(progress, batch).await
+    }
+
+    /// Decodes the events and turns them into row changes.
+    fn prepare(&self, events: &[RecordedEvent]) -> Result<Prepared, ProjectionError> {
+        let changes: Vec<(Position, AnalyticsChange)> = decode_batch(events)?
             .iter()
             .map(|e| (e.position, change_for(e)))
             .collect();
-        self.store.apply(progress, changes).await
+        Ok(Prepared::new(events.len(), changes))
+    }
+
+    async fn apply_prepared(
+        &self,
+        progress: Progress,
+        batch: Prepared,
+    ) -> Result<(), ProjectionError> {
+        self.store.apply(progress, batch.take()?).await
     }
 
     async fn rebuild(&self) -> Result<Box<dyn santa_cqrs::Rebuild>, ProjectionError> {

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use santa_cqrs::{Position, Progress, Projection, ProjectionError, RecordedEvent};
+use santa_cqrs::{Position, Prepared, Progress, Projection, ProjectionError, RecordedEvent};
 use santa_domain::{Event, LetterCancelled, LetterSubmitted, ToyUpserted};
 use serde::{Deserialize, Serialize};
 
@@ -109,8 +109,22 @@ impl Projection for LettersProjection {
         progress: Progress,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
+        let batch = self.prepare(events)?;
+        self.apply_prepared(progress, batch).await
+    }
+
+    /// Decodes the events (the items are read and written inside the store's transaction).
+    fn prepare(&self, events: &[RecordedEvent]) -> Result<Prepared, ProjectionError> {
+        Ok(Prepared::new(events.len(), decode_batch(events)?))
+    }
+
+    async fn apply_prepared(
+        &self,
+        progress: Progress,
+        batch: Prepared,
+    ) -> Result<(), ProjectionError> {
         self.store
-            .apply(NAME, progress, decode_batch(events)?, apply_events)
+            .apply(NAME, progress, batch.take()?, apply_events)
             .await
     }
 

@@ -230,6 +230,14 @@ impl Projection for Poisoned {
 
 #[tokio::test]
 async fn a_poison_event_is_parked_its_stream_waits_and_a_redrive_releases_both() {
+    // In one batch, and in batches small enough that each is read (and prepared) while the
+    // one before it is applied.
+    for batch_size in [500, 1, 2] {
+        poison_is_parked_and_released(batch_size).await;
+    }
+}
+
+async fn poison_is_parked_and_released(batch_size: usize) {
     let log = Arc::new(MemoryEventLog::default());
     for (stream, body) in [
         ("a", "1"),
@@ -249,6 +257,7 @@ async fn a_poison_event_is_parked_its_stream_waits_and_a_redrive_releases_both()
     let dead = Arc::new(crate::MemoryDeadLetters::default());
     let runner = ProjectionRunner::new(log.clone(), projection.clone())
         .with_retry(fast_retries())
+        .with_batch_size(batch_size)
         .with_dead_letters(dead.clone(), 3);
     let handle = runner.handle();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -311,6 +320,135 @@ async fn a_poison_event_is_parked_its_stream_waits_and_a_redrive_releases_both()
     assert!(handle.wait_for(0, next, Duration::from_secs(10)).await);
     assert_eq!(projection.applied.lock().unwrap().last(), Some(&next));
     assert!(dead.list(None).await.unwrap().is_empty());
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+/// Records what the runner asks of it. Applying a batch waits (up to a limit) until the
+/// batch after it has been prepared, which only a runner that prepares ahead does.
+#[derive(Debug)]
+struct Pipelined {
+    /// The newest position prepared so far.
+    prepared: tokio::sync::watch::Sender<Position>,
+    /// The end of the log: the batch ending there has no next one to wait for.
+    end: Position,
+    applied: Mutex<Vec<Position>>,
+    /// Batches whose next one was prepared while they were being applied.
+    overlapped: AtomicU32,
+}
+
+#[async_trait]
+impl Projection for Pipelined {
+    fn name(&self) -> &'static str {
+        "pipelined"
+    }
+
+    async fn checkpoint(&self, _: u32) -> Result<Position, ProjectionError> {
+        Ok(self
+            .applied
+            .lock()
+            .unwrap()
+            .last()
+            .copied()
+            .unwrap_or_default())
+    }
+
+    async fn apply_batch(
+        &self,
+        progress: Progress,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let batch = self.prepare(events)?;
+        self.apply_prepared(progress, batch).await
+    }
+
+    fn prepare(&self, events: &[RecordedEvent]) -> Result<Prepared, ProjectionError> {
+        let positions: Vec<Position> = events.iter().map(|e| e.position).collect();
+        if let Some(&last) = positions.last() {
+            self.prepared.send_modify(|p| *p = (*p).max(last));
+        }
+        Ok(Prepared::new(positions.len(), positions))
+    }
+
+    async fn apply_prepared(
+        &self,
+        progress: Progress,
+        batch: Prepared,
+    ) -> Result<(), ProjectionError> {
+        let positions: Vec<Position> = batch.take()?;
+        let last = *positions.last().unwrap();
+        if last < self.end {
+            let mut prepared = self.prepared.subscribe();
+            let next = prepared.wait_for(|p| *p > last);
+            if tokio::time::timeout(Duration::from_secs(5), next)
+                .await
+                .is_ok()
+            {
+                self.overlapped.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let Progress::Advance { expected, .. } = progress else {
+            unreachable!("no re-drives here")
+        };
+        let mut applied = self.applied.lock().unwrap();
+        let actual = applied.last().copied().unwrap_or_default();
+        if actual != expected {
+            return Err(ProjectionError::Moved { expected, actual });
+        }
+        applied.extend(positions);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catching_up_the_next_batch_is_prepared_while_one_is_applied() {
+    let log = Arc::new(MemoryEventLog::default());
+    for n in 0..6 {
+        log.append(
+            "s",
+            ExpectedVersion::Any,
+            vec![contract::event(&n.to_string())],
+        )
+        .await
+        .unwrap();
+    }
+    let projection = Arc::new(Pipelined {
+        prepared: tokio::sync::watch::Sender::new(Position::ZERO),
+        end: Position::new(6),
+        applied: Mutex::default(),
+        overlapped: AtomicU32::new(0),
+    });
+    let runner = ProjectionRunner::new(log.clone(), projection.clone()).with_batch_size(2);
+    let handle = runner.handle();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(runner.run(async {
+        let _ = stopped.await;
+    }));
+
+    // The last batch is full too: the read after it finds nothing, and must not hold its
+    // progress back.
+    assert!(
+        handle
+            .wait_for(0, Position::new(6), Duration::from_secs(20))
+            .await
+    );
+    assert_eq!(
+        *projection.applied.lock().unwrap(),
+        (1..=6).map(Position::new).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert_eq!(
+        projection.overlapped.load(Ordering::SeqCst),
+        2,
+        "batches 1-2 and 3-4 were applied while the next one was prepared"
+    );
+    // The read dropped when the last batch was applied loses nothing.
+    let next = log
+        .append("s", ExpectedVersion::Any, vec![contract::event("7")])
+        .await
+        .unwrap();
+    assert!(handle.wait_for(0, next, Duration::from_secs(10)).await);
+    assert_eq!(projection.applied.lock().unwrap().last(), Some(&next));
     let _ = stop.send(());
     task.await.unwrap();
 }
