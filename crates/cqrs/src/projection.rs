@@ -35,7 +35,7 @@ pub trait Projection: Send + Sync + std::fmt::Debug + 'static {
     /// batch, the runner prepares the next one it has read, on another core. By default it
     /// only holds the events for [`Projection::apply_prepared`], which applies them with
     /// [`Projection::apply_batch`]. Errors are reported when the batch's turn comes, as
-    /// `apply_batch` would report them.
+    /// `apply_batch` would report them. A projection overrides both methods or neither.
     fn prepare(&self, events: &[RecordedEvent]) -> Result<Prepared, ProjectionError> {
         Ok(Prepared::new(events.len(), events.to_vec()))
     }
