@@ -21,34 +21,33 @@ pub trait Projection: Send + Sync + std::fmt::Debug + 'static {
     /// The position of the last event applied from `partition`, read from the store.
     async fn checkpoint(&self, partition: u32) -> Result<Position, ProjectionError>;
 
-    /// Applies `events` and moves the checkpoint as `progress` says, in one transaction.
-    /// With [`Progress::Advance`], a stored checkpoint other than `expected` fails with
-    /// [`ProjectionError::Moved`] and changes nothing; events at or below it are skipped.
-    async fn apply_batch(
-        &self,
-        progress: Progress,
-        events: &[RecordedEvent],
-    ) -> Result<(), ProjectionError>;
-
     /// The part of a batch's work that needs no store (decoding the events, turning them
     /// into the store's changes), done apart from the write: while the store applies one
-    /// batch, the runner prepares the next one it has read, on another core. By default it
-    /// only holds the events for [`Projection::apply_prepared`], which applies them with
-    /// [`Projection::apply_batch`]. Errors are reported when the batch's turn comes, as
-    /// `apply_batch` would report them. A projection overrides both methods or neither.
+    /// batch, the runner prepares the next one it has read, on another core. By default
+    /// the events themselves, as a `Vec<RecordedEvent>`. Errors are reported when the
+    /// batch's turn comes, as the write's would be.
     fn prepare(&self, events: &[RecordedEvent]) -> Result<Prepared, ProjectionError> {
         Ok(Prepared::new(events.len(), events.to_vec()))
     }
 
-    /// Applies a batch made by this projection's [`Projection::prepare`], with the same
-    /// rules as [`Projection::apply_batch`].
+    /// Applies a batch made by this projection's [`Projection::prepare`] and moves the
+    /// checkpoint as `progress` says, in one transaction. With [`Progress::Advance`], a
+    /// stored checkpoint other than `expected` fails with [`ProjectionError::Moved`] and
+    /// changes nothing; events at or below it are skipped.
     async fn apply_prepared(
         &self,
         progress: Progress,
         batch: Prepared,
+    ) -> Result<(), ProjectionError>;
+
+    /// Prepares `events` and applies them (see [`Projection::apply_prepared`]).
+    async fn apply_batch(
+        &self,
+        progress: Progress,
+        events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let events: Vec<RecordedEvent> = batch.take()?;
-        self.apply_batch(progress, &events).await
+        let batch = self.prepare(events)?;
+        self.apply_prepared(progress, batch).await
     }
 
     /// Applies `batch` (events of `partition` after `expected`, in order) and moves the

@@ -340,17 +340,6 @@ impl Projection for Counted {
         self.inner.checkpoint(partition).await
     }
 
-    async fn apply_batch(
-        &self,
-        progress: Progress,
-        events: &[RecordedEvent],
-    ) -> Result<(), ProjectionError> {
-        self.inner.apply_batch(progress, events).await?;
-        self.applied
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
     fn prepare(&self, events: &[RecordedEvent]) -> Result<Prepared, ProjectionError> {
         self.inner.prepare(events)
     }

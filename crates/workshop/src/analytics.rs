@@ -149,15 +149,6 @@ impl Projection for AnalyticsProjection {
         Ok(self.store.checkpoint(partition).await?)
     }
 
-    async fn apply_batch(
-        &self,
-        progress: Progress,
-        events: &[RecordedEvent],
-    ) -> Result<(), ProjectionError> {
-        let batch = self.prepare(events)?;
-        self.apply_prepared(progress, batch).await
-    }
-
     /// Decodes the events and turns them into row changes.
     fn prepare(&self, events: &[RecordedEvent]) -> Result<Prepared, ProjectionError> {
         let changes: Vec<(Position, AnalyticsChange)> = decode_batch(events)?

@@ -104,15 +104,6 @@ impl Projection for LettersProjection {
         Ok(self.store.checkpoint(NAME, partition).await?)
     }
 
-    async fn apply_batch(
-        &self,
-        progress: Progress,
-        events: &[RecordedEvent],
-    ) -> Result<(), ProjectionError> {
-        let batch = self.prepare(events)?;
-        self.apply_prepared(progress, batch).await
-    }
-
     /// Decodes the events (the items are read and written inside the store's transaction).
     fn prepare(&self, events: &[RecordedEvent]) -> Result<Prepared, ProjectionError> {
         Ok(Prepared::new(events.len(), decode_batch(events)?))

@@ -23,6 +23,34 @@ struct Gated {
     applied: Mutex<Vec<Position>>,
 }
 
+/// A runner working in the background until [`Running::stop`].
+struct Running {
+    handle: ProjectionHandle,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(runner: ProjectionRunner) -> Running {
+    let handle = runner.handle();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(runner.run(async {
+        let _ = stopped.await;
+    }));
+    Running { handle, stop, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+}
+
+/// The newest position a test projection applied.
+fn last_applied(applied: &Mutex<Vec<Position>>) -> Position {
+    applied.lock().unwrap().last().copied().unwrap_or_default()
+}
+
 #[async_trait]
 impl Projection for Gated {
     fn name(&self) -> &'static str {
@@ -30,31 +58,20 @@ impl Projection for Gated {
     }
 
     async fn checkpoint(&self, _: u32) -> Result<Position, ProjectionError> {
-        Ok(self
-            .applied
-            .lock()
-            .unwrap()
-            .last()
-            .copied()
-            .unwrap_or_default())
+        Ok(last_applied(&self.applied))
     }
 
-    async fn apply_batch(
+    async fn apply_prepared(
         &self,
         progress: Progress,
-        batch: &[RecordedEvent],
+        batch: Prepared,
     ) -> Result<(), ProjectionError> {
+        let batch: Vec<RecordedEvent> = batch.take()?;
         let Progress::Advance { expected, .. } = progress else {
             unreachable!("no re-drives here")
         };
         self.gate.acquire().await.unwrap().forget();
-        let actual = self
-            .applied
-            .lock()
-            .unwrap()
-            .last()
-            .copied()
-            .unwrap_or_default();
+        let actual = last_applied(&self.applied);
         if actual != expected {
             return Err(ProjectionError::Moved { expected, actual });
         }
@@ -112,11 +129,8 @@ async fn a_query_waiting_for_a_position_is_told_when_the_projection_is_behind() 
         applied: Mutex::default(),
     });
     let runner = ProjectionRunner::new(log.clone(), projection.clone());
-    let handle = runner.handle();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runner.run(async {
-        let _ = stopped.await;
-    }));
+    let running = start(runner);
+    let handle = running.handle.clone();
 
     assert!(
         !handle
@@ -127,8 +141,7 @@ async fn a_query_waiting_for_a_position_is_told_when_the_projection_is_behind() 
     projection.gate.add_permits(1);
     assert!(handle.wait_for(0, position, Duration::from_secs(5)).await);
     assert_eq!(*projection.applied.lock().unwrap(), [position]);
-    let _ = stop.send(());
-    task.await.unwrap();
+    running.stop().await;
     assert_eq!(handle.status().state, ProjectionState::Stopped);
 }
 
@@ -148,11 +161,8 @@ async fn a_failing_batch_is_retried_and_reported_until_it_applies() {
         applied: Mutex::default(),
     });
     let runner = ProjectionRunner::new(log.clone(), projection.clone()).with_retry(fast_retries());
-    let handle = runner.handle();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runner.run(async {
-        let _ = stopped.await;
-    }));
+    let running = start(runner);
+    let handle = running.handle.clone();
 
     projection.gate.add_permits(1);
     let mut status = handle.status.clone();
@@ -176,8 +186,7 @@ async fn a_failing_batch_is_retried_and_reported_until_it_applies() {
         "applied once, in order"
     );
     assert_eq!(handle.status().state, ProjectionState::Running);
-    let _ = stop.send(());
-    task.await.unwrap();
+    running.stop().await;
 }
 
 /// Applies events by recording them; events of a `poisoned` stream fail until cured.
@@ -198,11 +207,12 @@ impl Projection for Poisoned {
         Ok(*self.checkpoint.lock().unwrap())
     }
 
-    async fn apply_batch(
+    async fn apply_prepared(
         &self,
         progress: Progress,
-        events: &[RecordedEvent],
+        batch: Prepared,
     ) -> Result<(), ProjectionError> {
+        let events: Vec<RecordedEvent> = batch.take()?;
         let poisoned = self.poisoned.lock().unwrap().clone();
         if let Some(bad) = events.iter().find(|e| Some(&e.stream) == poisoned.as_ref()) {
             return Err(ProjectionError::Event {
@@ -259,11 +269,8 @@ async fn poison_is_parked_and_released(batch_size: usize) {
         .with_retry(fast_retries())
         .with_batch_size(batch_size)
         .with_dead_letters(dead.clone(), 3);
-    let handle = runner.handle();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runner.run(async {
-        let _ = stopped.await;
-    }));
+    let running = start(runner);
+    let handle = running.handle.clone();
 
     // The projection goes on past the poison: every other stream is applied.
     assert!(
@@ -320,8 +327,7 @@ async fn poison_is_parked_and_released(batch_size: usize) {
     assert!(handle.wait_for(0, next, Duration::from_secs(10)).await);
     assert_eq!(projection.applied.lock().unwrap().last(), Some(&next));
     assert!(dead.list(None).await.unwrap().is_empty());
-    let _ = stop.send(());
-    task.await.unwrap();
+    running.stop().await;
 }
 
 /// Records what the runner asks of it. Applying a batch waits (up to a limit) until the
@@ -344,22 +350,7 @@ impl Projection for Pipelined {
     }
 
     async fn checkpoint(&self, _: u32) -> Result<Position, ProjectionError> {
-        Ok(self
-            .applied
-            .lock()
-            .unwrap()
-            .last()
-            .copied()
-            .unwrap_or_default())
-    }
-
-    async fn apply_batch(
-        &self,
-        progress: Progress,
-        events: &[RecordedEvent],
-    ) -> Result<(), ProjectionError> {
-        let batch = self.prepare(events)?;
-        self.apply_prepared(progress, batch).await
+        Ok(last_applied(&self.applied))
     }
 
     fn prepare(&self, events: &[RecordedEvent]) -> Result<Prepared, ProjectionError> {
@@ -390,12 +381,11 @@ impl Projection for Pipelined {
         let Progress::Advance { expected, .. } = progress else {
             unreachable!("no re-drives here")
         };
-        let mut applied = self.applied.lock().unwrap();
-        let actual = applied.last().copied().unwrap_or_default();
+        let actual = last_applied(&self.applied);
         if actual != expected {
             return Err(ProjectionError::Moved { expected, actual });
         }
-        applied.extend(positions);
+        self.applied.lock().unwrap().extend(positions);
         Ok(())
     }
 }
@@ -419,11 +409,8 @@ async fn catching_up_the_next_batch_is_prepared_while_one_is_applied() {
         overlapped: AtomicU32::new(0),
     });
     let runner = ProjectionRunner::new(log.clone(), projection.clone()).with_batch_size(2);
-    let handle = runner.handle();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(runner.run(async {
-        let _ = stopped.await;
-    }));
+    let running = start(runner);
+    let handle = running.handle.clone();
 
     // The last batch is full too: the read after it finds nothing, and must not hold its
     // progress back.
@@ -449,6 +436,5 @@ async fn catching_up_the_next_batch_is_prepared_while_one_is_applied() {
         .unwrap();
     assert!(handle.wait_for(0, next, Duration::from_secs(10)).await);
     assert_eq!(projection.applied.lock().unwrap().last(), Some(&next));
-    let _ = stop.send(());
-    task.await.unwrap();
+    running.stop().await;
 }
