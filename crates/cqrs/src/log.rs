@@ -245,8 +245,7 @@ pub trait EventSource: Send + Debug {
     /// The reader's owner durably applied everything returned up to `upto` (logs that
     /// track consumers acknowledge it to the broker). Events returned after it, read ahead,
     /// are not applied yet.
-    async fn committed(&mut self, upto: Position) -> Result<(), LogError> {
-        let _ = upto;
+    async fn committed(&mut self, _upto: Position) -> Result<(), LogError> {
         Ok(())
     }
 }

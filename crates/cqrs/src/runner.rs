@@ -16,7 +16,7 @@ use crate::{
 
 /// A batch read while the one before it was applied, and what preparing it gave (`None`:
 /// prepared at its turn).
-struct ReadAhead {
+struct Prefetched {
     batch: Result<Vec<RecordedEvent>, crate::LogError>,
     prepared: Option<Result<crate::Prepared, ProjectionError>>,
 }
@@ -276,7 +276,7 @@ impl ProjectionRunner {
             };
             // The batch read (and prepared, if it could be) while the store applied the
             // one before it.
-            let mut ahead: Option<ReadAhead> = None;
+            let mut ahead: Option<Prefetched> = None;
             loop {
                 if !lease.is_held() {
                     tracing::warn!(partition, "lease lost; stopping work on the partition");
@@ -469,7 +469,7 @@ impl ProjectionRunner {
         source: &mut dyn crate::EventSource,
         size: usize,
         blocked: &HashMap<String, Position>,
-    ) -> (Result<(), ProjectionError>, Option<ReadAhead>) {
+    ) -> (Result<(), ProjectionError>, Option<Prefetched>) {
         let reading = async {
             let batch = source.next_batch(size).await;
             let prepared = match &batch {
@@ -478,7 +478,7 @@ impl ProjectionRunner {
                 }
                 _ => None,
             };
-            ReadAhead { batch, prepared }
+            Prefetched { batch, prepared }
         };
         tokio::pin!(applying, reading);
         let mut ahead = None;

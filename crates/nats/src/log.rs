@@ -639,7 +639,6 @@ impl EventLog for NatsEventLog {
             messages,
             last: after.get(),
             unacked: VecDeque::new(),
-            newest: None,
         })))
     }
 }

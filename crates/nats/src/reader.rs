@@ -19,8 +19,6 @@ pub(crate) struct PartitionReader {
     /// The last message of each batch handed out and not yet acknowledged, oldest first:
     /// a batch read ahead is acknowledged only once it is applied.
     pub(crate) unacked: VecDeque<(u64, jetstream::Message)>,
-    /// The newest message of the batch being read.
-    pub(crate) newest: Option<jetstream::Message>,
 }
 
 impl std::fmt::Debug for PartitionReader {
@@ -32,15 +30,18 @@ impl std::fmt::Debug for PartitionReader {
 }
 
 impl PartitionReader {
-    /// Turns a delivery into an event, or `None` for a redelivery of one already handed out.
-    fn accept(&mut self, message: jetstream::Message) -> Result<Option<RecordedEvent>, LogError> {
+    /// Turns a delivery into an event (with its message, to acknowledge), or `None` for a
+    /// redelivery of one already handed out.
+    fn accept(
+        &mut self,
+        message: jetstream::Message,
+    ) -> Result<Option<(RecordedEvent, jetstream::Message)>, LogError> {
         let event = from_message(&message)?;
         if event.position.get() <= self.last {
             return Ok(None);
         }
         self.last = event.position.get();
-        self.newest = Some(message);
-        Ok(Some(event))
+        Ok(Some((event, message)))
     }
 }
 
@@ -48,9 +49,17 @@ impl PartitionReader {
 impl EventSource for PartitionReader {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>, LogError> {
         let mut batch = Vec::new();
+        // The newest message of the batch: no await follows the first event accepted, so
+        // a read dropped meanwhile loses nothing.
+        let mut newest = None;
         while batch.is_empty() {
             match self.messages.next().await {
-                Some(Ok(message)) => batch.extend(self.accept(message)?),
+                Some(Ok(message)) => {
+                    if let Some((event, message)) = self.accept(message)? {
+                        batch.push(event);
+                        newest = Some(message);
+                    }
+                }
                 Some(Err(e)) => return Err(unavailable(e)),
                 None => return Err(LogError::Unavailable("the partition consumer ended".into())),
             }
@@ -58,12 +67,17 @@ impl EventSource for PartitionReader {
         // Then whatever has already arrived, without waiting.
         while batch.len() < max {
             match self.messages.next().now_or_never() {
-                Some(Some(Ok(message))) => batch.extend(self.accept(message)?),
+                Some(Some(Ok(message))) => {
+                    if let Some((event, message)) = self.accept(message)? {
+                        batch.push(event);
+                        newest = Some(message);
+                    }
+                }
                 Some(Some(Err(e))) => return Err(unavailable(e)),
                 Some(None) | None => break,
             }
         }
-        if let Some(message) = self.newest.take() {
+        if let Some(message) = newest {
             self.unacked.push_back((self.last, message));
         }
         Ok(batch)
