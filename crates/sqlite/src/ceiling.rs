@@ -119,6 +119,7 @@ fn measure(
     let mut conn = crate::db::open(path, Durability::Scratch, migrations)?;
     conn.execute_batch(WRITER_CACHE).map_err(fail)?;
     let indexes = crate::db::defer_secondary_indexes(&conn).map_err(fail)?;
+    let writeback = crate::db::Writeback::new(path.to_path_buf());
     let started = std::time::Instant::now();
     let mut next = 1;
     while next <= letters {
@@ -126,6 +127,7 @@ fn measure(
         let tx = conn.transaction().map_err(fail)?;
         write(&tx, next..end).map_err(fail)?;
         tx.commit().map_err(fail)?;
+        writeback.wrote();
         next = end;
     }
     crate::db::complete(&mut conn, &indexes).map_err(|e| match e {

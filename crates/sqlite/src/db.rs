@@ -1,7 +1,7 @@
 //! Connections, pragmas, migrations and the blocking-pool bridge shared by the stores.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -105,6 +105,8 @@ pub(crate) enum CompleteError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the rebuilt rows break foreign keys: {0}")]
     ForeignKeys(String),
+    #[error("cannot sync the rebuilt file: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Finishes a file written as [`Durability::Scratch`]: checks every foreign key once (the
@@ -119,10 +121,17 @@ pub(crate) enum CompleteError {
 /// builds the indexes, whose writes to the file wait (as long as it takes) for the check's
 /// read to end. Analytics rebuilds of a 300,000-letter log, three each in turn: 175,400 /
 /// 169,400 / 165,500 → 180,800 / 179,900 / 185,900 events/s (the check took 0.15 s of the
-/// 0.37 s the file's completion took, the index 0.22 s).
+/// 0.37 s the file's completion took, the index 0.22 s). Meanwhile a third thread syncs
+/// what the replay wrote and the background writeback (see [`Writeback`]) has not yet
+/// sent to the disk, which the switch would otherwise wait for.
 pub(crate) fn complete(conn: &mut Connection, indexes: &[String]) -> Result<(), CompleteError> {
     let path = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from);
     let broken = std::thread::scope(|scope| -> Result<Vec<String>, CompleteError> {
+        // The replay wrote the file without syncing it; its pages go to the disk while the
+        // indexes are built, instead of all at once when the file is switched to.
+        let flush = path.clone().map(|path| {
+            scope.spawn(move || std::fs::File::open(path).and_then(|file| file.sync_data()))
+        });
         let check = path.map(|path| {
             scope.spawn(move || {
                 let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -136,6 +145,11 @@ pub(crate) fn complete(conn: &mut Connection, indexes: &[String]) -> Result<(), 
         let built = build_indexes(conn, indexes);
         conn.busy_timeout(BUSY_TIMEOUT)?;
         built?;
+        if let Some(flush) = flush {
+            flush
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        }
         Ok(match check {
             Some(check) => check
                 .join()
@@ -190,6 +204,49 @@ fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
     }
     tx.commit()
+}
+
+/// Sends a file's written pages to the disk in the background, one sync at a time, so that
+/// a file written without syncs is not written out whole when it is finally synced: Linux
+/// starts writing dirty pages back only after 30 s, or once a tenth of memory is dirty.
+/// Rebuilds of a 300,000-letter log, side by side (five and three in turn): analytics
+/// 68,000 → 74,800 events/s (median), letters 27,500 → 33,200, with the replaced file's
+/// removal taken off the switch as well (see `generations`).
+#[derive(Debug)]
+pub(crate) struct Writeback {
+    path: PathBuf,
+    syncing: Arc<AtomicBool>,
+}
+
+impl Writeback {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            syncing: Arc::default(),
+        }
+    }
+
+    /// After a write: starts a sync of the file on a thread of its own, unless one is
+    /// running (a later write starts the next).
+    pub(crate) fn wrote(&self) {
+        if self.syncing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (path, syncing) = (self.path.clone(), self.syncing.clone());
+        let started = std::thread::Builder::new()
+            .name("santa-writeback".into())
+            .spawn(move || {
+                // Only ever early: whoever needs the file durable syncs it and hears of
+                // what fails.
+                if let Err(error) = std::fs::File::open(&path).and_then(|file| file.sync_data()) {
+                    tracing::debug!(%error, path = %path.display(), "background sync failed");
+                }
+                syncing.store(false, Ordering::Release);
+            });
+        if started.is_err() {
+            self.syncing.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// One writer connection and a few readers, used from the blocking pool.

@@ -19,7 +19,7 @@ use santa_workshop::rebuild::StoreRebuild;
 use tokio::sync::OwnedRwLockWriteGuard;
 
 use crate::OpenError;
-use crate::db::{Db, Durability};
+use crate::db::{Db, Durability, Writeback};
 
 /// The database of one read store, generation after generation.
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ struct Inner {
     /// projection lands between levelling the fresh file and switching to it.
     gate: Arc<tokio::sync::RwLock<()>>,
     rebuilding: AtomicBool,
+    /// A file being rebuilt: written without syncs, its pages sent to the disk as it grows.
+    writeback: Option<Writeback>,
 }
 
 impl Generations {
@@ -70,6 +72,7 @@ impl Generations {
                 current: RwLock::new((generation, db)),
                 gate: Arc::default(),
                 rebuilding: AtomicBool::new(false),
+                writeback: None,
             }),
         })
     }
@@ -96,7 +99,11 @@ impl Generations {
         F: FnOnce(&mut rusqlite::Connection) -> Result<T, E> + Send + 'static,
     {
         let _shared = self.inner.gate.read().await;
-        self.db().write(f).await
+        let written = self.db().write(f).await;
+        if let Some(writeback) = &self.inner.writeback {
+            writeback.wrote();
+        }
+        written
     }
 
     /// Starts a rebuild: an empty database for the next generation, and the store kind
@@ -119,8 +126,9 @@ impl Generations {
             self.inner.stem,
             self.inner.migrations,
         );
+        let path = file(&dir, stem, generation);
+        let writeback = Writeback::new(path.clone());
         let (db, deferred) = tokio::task::spawn_blocking(move || {
-            let path = file(&dir, stem, generation);
             remove_database(&path);
             // Each page written once (a WAL writes it twice: to the log, then back), and no
             // fsync: nothing reads the file but the rebuild, and nothing needs it after a
@@ -148,6 +156,7 @@ impl Generations {
                 current: RwLock::new((generation, db.clone())),
                 gate: Arc::default(),
                 rebuilding: AtomicBool::new(true),
+                writeback: Some(writeback),
             }),
         });
         Ok(Box::new(FileRebuild {
@@ -199,7 +208,7 @@ impl Generations {
             (generation, db),
         );
         // Connections still open on the old file finish on it; the file goes with them.
-        remove_database(&file(dir, self.inner.stem, old));
+        discard_database(&file(dir, self.inner.stem, old));
         Ok(())
     }
 }
@@ -221,8 +230,47 @@ fn remove_database(path: &Path) {
     }
 }
 
-/// Removes the files of every generation of `stem` but `keep`: left by a rebuild that
-/// never switched, or by a switch that stopped before removing the old file.
+/// The prefix of a replaced generation's files on their way out.
+const DISCARDED: &str = "discarded.";
+
+/// Takes a replaced generation's files out of the way at once and deletes them on a thread
+/// of their own: deleting a large file frees its pages and blocks, which took 0.12 s of a
+/// 300,000-letter analytics rebuild's switch (0.5 s of a letters one's) when done inside it.
+/// What a crash leaves behind, the next start removes.
+fn discard_database(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return remove_database(path);
+    };
+    let mut discarded = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut from = name.to_owned();
+        from.push(suffix);
+        let mut to = std::ffi::OsString::from(DISCARDED);
+        to.push(&from);
+        let (from, to) = (dir.join(from), dir.join(to));
+        match fs::rename(&from, &to) {
+            Ok(()) => discarded.push(to),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => {
+                let _ = fs::remove_file(&from);
+            }
+        }
+    }
+    let removal = std::thread::Builder::new()
+        .name("santa-discard".into())
+        .spawn(move || {
+            for file in discarded {
+                let _ = fs::remove_file(file);
+            }
+        });
+    if let Err(error) = removal {
+        tracing::warn!(%error, "replaced files left for the next start to remove");
+    }
+}
+
+/// Removes the files of every generation of `stem` but `keep` (left by a rebuild that
+/// never switched, or by a switch that stopped before removing the old file) and those
+/// of replaced generations not yet deleted.
 fn remove_others(dir: &Path, stem: &str, keep: u64) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -230,6 +278,13 @@ fn remove_others(dir: &Path, stem: &str, keep: u64) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
+        if name
+            .strip_prefix(DISCARDED)
+            .is_some_and(|rest| rest.starts_with(&format!("{stem}.")))
+        {
+            let _ = fs::remove_file(entry.path());
+            continue;
+        }
         let Some(rest) = name.strip_prefix(&format!("{stem}.")) else {
             continue;
         };
@@ -434,5 +489,39 @@ mod tests {
                 .await;
             assert_eq!(count.unwrap(), 0);
         }
+    }
+
+    /// A replaced generation's files leave their names at the switch; those a crash left
+    /// on their way out go at the next start, and no other store's files with them.
+    #[tokio::test]
+    async fn replaced_files_leave_at_the_switch_and_leftovers_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Generations::open(dir.path(), "read", MIGRATIONS).unwrap();
+        exec(&live, "INSERT INTO t VALUES (1)").await.unwrap();
+        rebuild_and_switch(&live).await;
+        assert!(!dir.path().join("read.db").exists());
+        assert!(dir.path().join("read.1.db").exists());
+        drop(live);
+        // Names no switch here discards: the switch's own removal runs on a thread of its own.
+        let leftovers = [
+            "discarded.read.7.db",
+            "discarded.read.7.db-wal",
+            "discarded.analytics.7.db",
+        ];
+        for name in leftovers {
+            std::fs::write(dir.path().join(name), b"left by a crash").unwrap();
+        }
+        let live = Generations::open(dir.path(), "read", MIGRATIONS).unwrap();
+        let left: Vec<bool> = leftovers
+            .iter()
+            .map(|name| dir.path().join(name).exists())
+            .collect();
+        assert_eq!(left, [false, false, true]);
+        let rows = live
+            .db()
+            .read(|conn| conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)))
+            .await
+            .unwrap();
+        assert_eq!(rows, 0, "the rebuilt (empty) generation is the one in use");
     }
 }
