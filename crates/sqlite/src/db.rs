@@ -225,9 +225,10 @@ fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
 /// Sends a file's written pages to the disk in the background, one sync at a time, so that
 /// a file written without syncs is not written out whole when it is finally synced: Linux
 /// starts writing dirty pages back only after 30 s, or once a tenth of memory is dirty.
-/// Rebuilds of a 300,000-letter log, side by side (five and three in turn): analytics
-/// 68,000 → 74,800 events/s (median), letters 27,500 → 33,200, with the replaced file's
-/// removal taken off the switch as well (see `generations`).
+/// Rebuilds of a 300,000-letter log, three each in turn: analytics 68,500 / 78,900 /
+/// 83,200 → 81,000 / 88,000 / 90,100 events/s, letters 28,300 / 30,000 / 29,400 → 33,000
+/// / 33,600 / 34,000, with the replaced file's removal taken off the switch as well (see
+/// `generations`).
 #[derive(Debug)]
 pub(crate) struct Writeback {
     path: PathBuf,
