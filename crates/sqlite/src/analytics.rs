@@ -62,6 +62,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         FROM letters;
     DROP TABLE letters;
     ALTER TABLE letters_v3 RENAME TO letters;",
+    // No report looks lines up by toy: the demand ranking reads them all, as fast without
+    // the index (1.0 s either way over 600,000 lines), which every line's write kept up
+    // and every rebuild built (0.45 s of a 3.5 s analytics rebuild of 300,000 letters).
+    "DROP INDEX IF EXISTS letter_lines_toy;",
 ];
 
 /// The embedded analytics store.
