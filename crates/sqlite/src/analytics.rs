@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, params};
+use rusqlite::{CachedStatement, Connection, params};
 use santa_cqrs::{Position, Progress, ProjectionError};
 use santa_workshop::analytics::{
     AnalyticsChange, AnalyticsStore, LetterRow, NAME, Totals, ToyDemand,
@@ -13,6 +13,7 @@ use santa_workshop::kv::StoreError;
 use santa_workshop::rebuild::StoreRebuild;
 
 use crate::OpenError;
+use crate::db::store_error;
 use crate::generations::Generations;
 use crate::kv::{CHECKPOINTS_BY_PARTITION, begin_batch, end_batch, read_checkpoint};
 
@@ -82,7 +83,11 @@ impl SqliteAnalyticsStore {
     }
 }
 
-fn apply_change(conn: &Connection, change: &AnalyticsChange) -> rusqlite::Result<()> {
+fn apply_change(
+    conn: &Connection,
+    inserts: &mut LetterInserts<'_>,
+    change: &AnalyticsChange,
+) -> rusqlite::Result<()> {
     match change {
         AnalyticsChange::UpsertToy {
             id,
@@ -95,7 +100,7 @@ fn apply_change(conn: &Connection, change: &AnalyticsChange) -> rusqlite::Result
             )?
             .execute(params![id, name, price_cents])?;
         }
-        AnalyticsChange::InsertLetter(letter) => insert_letter(conn, letter)?,
+        AnalyticsChange::InsertLetter(letter) => inserts.insert(letter)?,
         AnalyticsChange::CancelLetter { id, at_ms } => {
             conn.prepare_cached(
                 "UPDATE letters SET status = 'cancelled', cancelled_at_ms = ?2 WHERE id = ?1 AND status = 'submitted'",
@@ -106,24 +111,45 @@ fn apply_change(conn: &Connection, change: &AnalyticsChange) -> rusqlite::Result
     Ok(())
 }
 
-pub(crate) fn insert_letter(conn: &Connection, letter: &LetterRow) -> rusqlite::Result<()> {
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO letters (id, child, country, total_cents, status, submitted_at_ms, submitted_day)
-             VALUES (?1, ?2, ?3, ?4, 'submitted', ?5, date(?5 / 1000, 'unixepoch'))
-             ON CONFLICT (id) DO NOTHING",
-        )?
-        .execute(params![letter.id, letter.child, letter.country, letter.total_cents, letter.submitted_at_ms])?;
-    if inserted == 0 {
-        return Ok(());
+/// A letter's row and its lines' rows, with statements taken from the connection's cache
+/// once per batch rather than once per row.
+pub(crate) struct LetterInserts<'c> {
+    letter: CachedStatement<'c>,
+    line: CachedStatement<'c>,
+}
+
+impl<'c> LetterInserts<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> rusqlite::Result<Self> {
+        Ok(Self {
+            letter: conn.prepare_cached(
+                "INSERT INTO letters (id, child, country, total_cents, status, submitted_at_ms, submitted_day)
+                 VALUES (?1, ?2, ?3, ?4, 'submitted', ?5, date(?5 / 1000, 'unixepoch'))
+                 ON CONFLICT (id) DO NOTHING",
+            )?,
+            line: conn.prepare_cached(
+                "INSERT INTO letter_lines (letter_id, toy_id, quantity, unit_price_cents) VALUES (?1, ?2, ?3, ?4)",
+            )?,
+        })
     }
-    let mut line = conn.prepare_cached(
-        "INSERT INTO letter_lines (letter_id, toy_id, quantity, unit_price_cents) VALUES (?1, ?2, ?3, ?4)",
-    )?;
-    for l in &letter.lines {
-        line.execute(params![letter.id, l.toy_id, l.quantity, l.unit_price_cents])?;
+
+    /// Inserts the letter and its lines, unless the letter is there already.
+    pub(crate) fn insert(&mut self, letter: &LetterRow) -> rusqlite::Result<()> {
+        let inserted = self.letter.execute(params![
+            letter.id,
+            letter.child,
+            letter.country,
+            letter.total_cents,
+            letter.submitted_at_ms
+        ])?;
+        if inserted == 0 {
+            return Ok(());
+        }
+        for l in &letter.lines {
+            self.line
+                .execute(params![letter.id, l.toy_id, l.quantity, l.unit_price_cents])?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn totals(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<Totals>> {
@@ -156,11 +182,16 @@ impl AnalyticsStore for SqliteAnalyticsStore {
         self.db
             .write(move |conn| -> Result<(), ProjectionError> {
                 let (tx, after) = begin_batch(conn, NAME, progress)?;
-                for (position, change) in changes.iter().filter(|(p, _)| *p > after) {
-                    apply_change(&tx, change).map_err(|e| ProjectionError::Event {
-                        position: *position,
-                        reason: e.to_string(),
-                    })?;
+                {
+                    let mut inserts = LetterInserts::new(&tx).map_err(store_error)?;
+                    for (position, change) in changes.iter().filter(|(p, _)| *p > after) {
+                        apply_change(&tx, &mut inserts, change).map_err(|e| {
+                            ProjectionError::Event {
+                                position: *position,
+                                reason: e.to_string(),
+                            }
+                        })?;
+                    }
                 }
                 end_batch(tx, NAME, progress)
             })

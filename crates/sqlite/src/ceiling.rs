@@ -72,29 +72,27 @@ pub fn analytics_write_ceiling(dir: &Path, letters: u64) -> Result<f64, OpenErro
         crate::analytics::MIGRATIONS,
         letters,
         |tx, batch| {
+            let mut inserts = crate::analytics::LetterInserts::new(tx)?;
             for n in batch {
-                crate::analytics::insert_letter(
-                    tx,
-                    &LetterRow {
-                        id: uuid_like(n),
-                        child: "Bench".to_owned(),
-                        country: Some("FI".to_owned()),
-                        total_cents: 7499,
-                        submitted_at_ms: 1_764_000_000_000,
-                        lines: vec![
-                            LineRow {
-                                toy_id: "bench-kite".to_owned(),
-                                quantity: 2,
-                                unit_price_cents: 1250,
-                            },
-                            LineRow {
-                                toy_id: "bench-drum".to_owned(),
-                                quantity: 1,
-                                unit_price_cents: 4999,
-                            },
-                        ],
-                    },
-                )?;
+                inserts.insert(&LetterRow {
+                    id: uuid_like(n),
+                    child: "Bench".to_owned(),
+                    country: Some("FI".to_owned()),
+                    total_cents: 7499,
+                    submitted_at_ms: 1_764_000_000_000,
+                    lines: vec![
+                        LineRow {
+                            toy_id: "bench-kite".to_owned(),
+                            quantity: 2,
+                            unit_price_cents: 1250,
+                        },
+                        LineRow {
+                            toy_id: "bench-drum".to_owned(),
+                            quantity: 1,
+                            unit_price_cents: 4999,
+                        },
+                    ],
+                })?;
             }
             Ok(())
         },
