@@ -63,10 +63,20 @@ pub(crate) const UPSERT: &str =
      ON CONFLICT (pk, sk) DO UPDATE SET gsi1pk = excluded.gsi1pk, gsi1sk = excluded.gsi1sk,
      data = excluded.data";
 
-const ITEM: &str = "SELECT pk, sk, gsi1pk, gsi1sk, data FROM items";
+/// A query of items, with the columns [`row_to_item`] reads, as a constant: the statement
+/// cache is looked up by the text, which is then not formatted on every read.
+macro_rules! select_items {
+    ($rest:literal) => {
+        concat!("SELECT pk, sk, gsi1pk, gsi1sk, data FROM items ", $rest)
+    };
+}
 
 /// One item by its key.
-const GET: &str = "SELECT pk, sk, gsi1pk, gsi1sk, data FROM items WHERE pk = ?1 AND sk = ?2";
+const GET: &str = select_items!("WHERE pk = ?1 AND sk = ?2");
+
+/// A page of an index partition.
+const QUERY_INDEX: &str =
+    select_items!("WHERE gsi1pk = ?1 AND gsi1sk > ?2 ORDER BY gsi1sk LIMIT ?3");
 
 fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     Ok(Item {
@@ -270,9 +280,7 @@ impl KvStore for SqliteKvStore {
         self.db
             .db()
             .read(move |conn| {
-                let mut stmt = conn.prepare_cached(&format!(
-                    "{ITEM} WHERE gsi1pk = ?1 AND gsi1sk > ?2 ORDER BY gsi1sk LIMIT ?3"
-                ))?;
+                let mut stmt = conn.prepare_cached(QUERY_INDEX)?;
                 stmt.query_map(params![gsi1pk, after, limit], row_to_item)?
                     .collect()
             })
