@@ -133,9 +133,9 @@ pub(crate) fn complete(conn: &mut Connection, indexes: &[String]) -> Result<(), 
     let broken = std::thread::scope(|scope| -> Result<Vec<String>, CompleteError> {
         // The replay wrote the file without syncing it; its pages go to the disk while the
         // indexes are built, instead of all at once when the file is switched to.
-        let flush = path.clone().map(|path| {
-            scope.spawn(move || std::fs::File::open(path).and_then(|file| file.sync_data()))
-        });
+        let flush = path
+            .clone()
+            .map(|path| scope.spawn(move || sync_data(&path)));
         let check = path.map(|path| {
             scope.spawn(move || {
                 let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -255,7 +255,7 @@ impl Writeback {
             .spawn(move || {
                 // Only ever early: whoever needs the file durable syncs it and hears of
                 // what fails.
-                if let Err(error) = std::fs::File::open(&path).and_then(|file| file.sync_data()) {
+                if let Err(error) = sync_data(&path) {
                     tracing::debug!(%error, path = %path.display(), "background sync failed");
                 }
                 syncing.store(false, Ordering::Release);
@@ -264,6 +264,11 @@ impl Writeback {
             self.syncing.store(false, Ordering::Release);
         }
     }
+}
+
+/// Sends a file's written pages (not its metadata) to the disk.
+fn sync_data(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_data()
 }
 
 /// One writer connection and a few readers, used from the blocking pool.
