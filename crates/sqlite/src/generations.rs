@@ -38,7 +38,7 @@ struct Inner {
     gate: Arc<tokio::sync::RwLock<()>>,
     rebuilding: AtomicBool,
     /// A file being rebuilt: written without syncs, its pages sent to the disk as it grows.
-    writeback: Option<Writeback>,
+    writeback: Option<Arc<Writeback>>,
 }
 
 impl Generations {
@@ -99,11 +99,17 @@ impl Generations {
         F: FnOnce(&mut rusqlite::Connection) -> Result<T, E> + Send + 'static,
     {
         let _shared = self.inner.gate.read().await;
-        let written = self.db().write(f).await;
-        if let Some(writeback) = &self.inner.writeback {
-            writeback.wrote();
-        }
-        written
+        let writeback = self.inner.writeback.clone();
+        // On the blocking thread that wrote: the sync it may start is a thread's spawn.
+        self.db()
+            .write(move |conn| {
+                let written = f(conn);
+                if let Some(writeback) = writeback {
+                    writeback.wrote();
+                }
+                written
+            })
+            .await
     }
 
     /// Starts a rebuild: an empty database for the next generation, and the store kind
@@ -156,7 +162,7 @@ impl Generations {
                 current: RwLock::new((generation, db.clone())),
                 gate: Arc::default(),
                 rebuilding: AtomicBool::new(true),
-                writeback: Some(writeback),
+                writeback: Some(Arc::new(writeback)),
             }),
         });
         Ok(Box::new(FileRebuild {
