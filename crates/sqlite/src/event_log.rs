@@ -6,9 +6,12 @@
 //! fsync is shared by the whole group) before it answers any of them. Commands are
 //! decided on the writer thread too, inside the group's transaction
 //! ([`EventLog::decide_and_append`]): a command costs one hand-off to the writer and one
-//! back, and never loses an optimistic-concurrency race.
+//! back, and never loses an optimistic-concurrency race. The events of the last groups
+//! committed stay in memory for the projections that follow the log ([`Tail`]).
 
+use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -59,6 +62,43 @@ pub struct SqliteEventLog {
     appends: mpsc::Sender<Append>,
     db: Db,
     head: watch::Receiver<Position>,
+    tail: Tail,
+}
+
+/// The newest events this process committed, kept in memory so that the projections
+/// following the log read them without a trip to the blocking pool and the database
+/// (older ones, and every read of a log reopened, come from the file). At 5,000 letters/s
+/// the blocking pool's CPU per letter went from 64 to 51 µs and the server's from 201 to
+/// 194 µs; see ARCHITECTURE for the side-by-side runs.
+#[derive(Debug, Clone, Default)]
+struct Tail(Arc<Mutex<VecDeque<RecordedEvent>>>);
+
+/// Events the tail holds at most.
+const TAIL_EVENTS: usize = 4096;
+
+impl Tail {
+    /// Adds a committed group's events (gap-free, after the ones held).
+    fn extend(&self, events: Vec<RecordedEvent>) {
+        let mut tail = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        tail.extend(events);
+        let excess = tail.len().saturating_sub(TAIL_EVENTS);
+        tail.drain(..excess);
+    }
+
+    /// Up to `limit` events after `after`, if the tail holds every one of them there is:
+    /// `None` when `after` is older than the tail's first event.
+    fn read(&self, after: Position, limit: usize) -> Option<Vec<RecordedEvent>> {
+        let tail = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = tail.front()?.position.get();
+        if after.get().saturating_add(1) < first {
+            return None;
+        }
+        let skip = usize::try_from(after.get().saturating_add(1) - first).ok()?;
+        if skip >= tail.len() {
+            return Some(Vec::new());
+        }
+        Some(tail.range(skip..).take(limit).cloned().collect())
+    }
 }
 
 /// A request to the writer thread.
@@ -105,16 +145,23 @@ impl SqliteEventLog {
             })?;
         let (head_tx, head) = watch::channel(Position::new(start));
         let (appends, queue) = mpsc::channel(options.queue.max(1));
+        let tail = Tail::default();
         let writer = Writer {
             db: db.clone(),
             head: head_tx,
+            tail: tail.clone(),
             max_group: options.max_group.max(1),
         };
         std::thread::Builder::new()
             .name("santa-log-writer".into())
             .spawn(move || writer.run(queue))
             .map_err(OpenError::Thread)?;
-        Ok(Self { appends, db, head })
+        Ok(Self {
+            appends,
+            db,
+            head,
+            tail,
+        })
     }
 
     /// Queues `job` for the writer and waits for its answer.
@@ -212,6 +259,9 @@ impl EventLog for SqliteEventLog {
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, LogError> {
+        if let Some(events) = self.tail.read(after, limit) {
+            return Ok(events);
+        }
         let after = i64::try_from(after.get()).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db
@@ -254,6 +304,8 @@ fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<RecordedEvent> {
 struct Writer {
     db: Db,
     head: watch::Sender<Position>,
+    /// Given each group's events once they are committed, before the head moves.
+    tail: Tail,
     max_group: usize,
 }
 
@@ -275,7 +327,12 @@ impl Writer {
                 .db
                 .with_writer(|conn| commit_group(conn, &mut group, head));
             match outcome {
-                Ok((results, new_head)) => {
+                Ok(Committed {
+                    results,
+                    head: new_head,
+                    events,
+                }) => {
+                    self.tail.extend(events);
                     self.head.send_replace(new_head);
                     tracing::trace!(appends = group.len(), elapsed = ?started.elapsed(), "group committed");
                     for (append, result) in group.drain(..).zip(results) {
@@ -296,16 +353,26 @@ impl Writer {
     }
 }
 
+/// What a group's transaction did.
+struct Committed {
+    /// Each append's outcome, in the group's order.
+    results: Vec<Result<Position, DecideError>>,
+    /// The log's new head.
+    head: Position,
+    /// The events written.
+    events: Vec<RecordedEvent>,
+}
+
 /// Writes a group in one transaction. Each append is checked first (a repeat of known
 /// event ids, then its stream's version) and written only if it passes; each decision
 /// reads its stream as this transaction sees it (earlier appends of the group included),
 /// so a refused append or decision leaves no trace while the others commit. Returns each
-/// one's outcome and the new head.
+/// one's outcome, the new head and the events written, as the log records them.
 fn commit_group(
     conn: &mut Connection,
     group: &mut [Append],
     head: Position,
-) -> rusqlite::Result<(Vec<Result<Position, DecideError>>, Position)> {
+) -> rusqlite::Result<Committed> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -313,6 +380,7 @@ fn commit_group(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut next = head.get();
     let mut results = Vec::with_capacity(group.len());
+    let mut committed = Vec::with_capacity(group.len());
     {
         let mut known = tx.prepare_cached("SELECT position FROM events WHERE event_id = ?1")?;
         let mut version = tx.prepare_cached("SELECT MAX(version) FROM events WHERE stream = ?1")?;
@@ -333,6 +401,16 @@ fn commit_group(
                     now,
                     event.data
                 ])?;
+                committed.push(RecordedEvent {
+                    position: Position::new(next),
+                    stream: stream.to_owned(),
+                    version: actual + 1 + i as u64,
+                    event_id: event.event_id.clone(),
+                    event_type: event.event_type.clone(),
+                    schema_version: event.schema_version,
+                    recorded_at_ms: now,
+                    data: event.data.clone(),
+                });
             }
             Ok::<_, rusqlite::Error>(Position::new(next))
         };
@@ -388,5 +466,9 @@ fn commit_group(
         }
     }
     tx.commit()?;
-    Ok((results, Position::new(next)))
+    Ok(Committed {
+        results,
+        head: Position::new(next),
+        events: committed,
+    })
 }

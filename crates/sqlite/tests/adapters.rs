@@ -76,6 +76,47 @@ async fn the_sqlite_log_keeps_everything_across_a_reopen() {
     assert_eq!(next, position.next());
 }
 
+#[tokio::test]
+async fn the_sqlite_log_reads_the_same_events_from_memory_as_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = log(&dir);
+    // More events than the log keeps in memory, so that old ones come from the file.
+    let many = (0..5_000)
+        .map(|i| contract::event(&format!("m{i}")))
+        .collect();
+    first
+        .append("many", ExpectedVersion::Exactly(0), many)
+        .await
+        .unwrap();
+    let head = first
+        .append(
+            "more",
+            ExpectedVersion::Exactly(0),
+            vec![contract::event("x"), contract::event("y")],
+        )
+        .await
+        .unwrap();
+    let recent = first.read_all(Position::new(4_990), 100).await.unwrap();
+    let everything = first.read_all(Position::ZERO, 10_000).await.unwrap();
+    assert!(first.read_all(head, 10).await.unwrap().is_empty());
+    drop(first);
+    // A reopened log holds nothing in memory: it reads the file.
+    let reopened = log(&dir);
+    assert_eq!(
+        reopened.read_all(Position::new(4_990), 100).await.unwrap(),
+        recent
+    );
+    assert_eq!(
+        reopened.read_all(Position::ZERO, 10_000).await.unwrap(),
+        everything
+    );
+    assert_eq!(recent.len(), 12);
+    assert_eq!(recent.last().unwrap().position, head);
+    assert_eq!(everything.len(), 5_002);
+    let positions: Vec<u64> = everything.iter().map(|e| e.position.get()).collect();
+    assert_eq!(positions, (1..=5_002).collect::<Vec<_>>());
+}
+
 mod projections {
     use santa_cqrs::Projection;
     use santa_domain::{CancelLetter, LetterId};
