@@ -88,6 +88,7 @@ impl Tail {
 
     /// Up to `limit` events after `after`, if the tail holds every one of them there is:
     /// `None` when `after` is older than the tail's first event.
+    ///
     /// The events are copied after the lock is let go, so that the writer never waits
     /// for a large read.
     fn read(&self, after: Position, limit: usize) -> Option<Vec<RecordedEvent>> {
