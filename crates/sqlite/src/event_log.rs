@@ -95,10 +95,8 @@ impl Tail {
         let held: Vec<Arc<RecordedEvent>> = {
             let tail = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             let first = tail.front()?.position.get();
-            if after.get().saturating_add(1) < first {
-                return None;
-            }
-            let skip = usize::try_from(after.get().saturating_add(1) - first).ok()?;
+            let wanted = after.get().saturating_add(1);
+            let skip = usize::try_from(wanted.checked_sub(first)?).ok()?;
             if skip >= tail.len() {
                 return Some(Vec::new());
             }
@@ -402,17 +400,8 @@ fn commit_group(
         let mut write = |stream: &str, actual: u64, events: &[NewEvent]| {
             for (i, event) in events.iter().enumerate() {
                 next += 1;
-                insert.execute(params![
-                    next,
-                    stream,
-                    actual + 1 + i as u64,
-                    event.event_id,
-                    event.event_type,
-                    event.schema_version,
-                    now,
-                    event.data
-                ])?;
-                committed.push(RecordedEvent {
+                // Written as recorded, so that the tail holds what the file does.
+                let recorded = RecordedEvent {
                     position: Position::new(next),
                     stream: stream.to_owned(),
                     version: actual + 1 + i as u64,
@@ -421,7 +410,18 @@ fn commit_group(
                     schema_version: event.schema_version,
                     recorded_at_ms: now,
                     data: event.data.clone(),
-                });
+                };
+                insert.execute(params![
+                    recorded.position.get(),
+                    recorded.stream,
+                    recorded.version,
+                    recorded.event_id,
+                    recorded.event_type,
+                    recorded.schema_version,
+                    recorded.recorded_at_ms,
+                    recorded.data
+                ])?;
+                committed.push(recorded);
             }
             Ok::<_, rusqlite::Error>(Position::new(next))
         };
