@@ -8,6 +8,7 @@
 
 mod auth;
 mod extract;
+mod floor;
 mod metrics;
 mod openapi;
 mod problem;
@@ -27,6 +28,7 @@ use santa_workshop::idempotency::IdempotencyStore;
 use santa_workshop::letters::LettersQueries;
 
 pub use auth::{Scope, Tokens, TokensError};
+pub use floor::SyncedAppends;
 pub use metrics::Metrics;
 pub use openapi::openapi_json;
 pub use problem::{ApiError, Problem};
@@ -56,6 +58,9 @@ pub struct AppState {
     pub rebuilds: Rebuilds,
     pub metrics: Arc<Metrics>,
     pub settings: HttpSettings,
+    /// The durable floor behind `POST /bench/floor`, when the benchmark's endpoints are
+    /// served.
+    pub bench_floor: Option<SyncedAppends>,
 }
 
 /// A projection as the API sees it: its store's checkpoints (authoritative, shared by
@@ -74,7 +79,7 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// How long a query with `?after=` waits for its projection.
     pub consistency_timeout: Duration,
-    /// Serve `POST /bench/ceiling`, the benchmark baseline (off by default).
+    /// Serve the benchmark's baselines under `/bench/` (off by default).
     pub bench_endpoints: bool,
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use santa_cqrs::{Projection, ProjectionRunner};
-use santa_http::{AppState, HttpSettings, Metrics, ProjectionView, Rebuilds};
+use santa_http::{AppState, HttpSettings, Metrics, ProjectionView, Rebuilds, SyncedAppends};
 use santa_workshop::CommandService;
 use santa_workshop::analytics::AnalyticsProjection;
 use santa_workshop::letters::{LettersProjection, LettersQueries};
@@ -92,6 +92,10 @@ impl Application {
                     .find(|h| h.name() == p.name()),
             })
             .collect();
+        // The benchmark's durable floor writes beside the embedded stores, on their disk.
+        let bench_floor = settings
+            .bench_endpoints
+            .then(|| SyncedAppends::new(settings.data_dir.join("bench-floor.ring")));
         let state = AppState {
             commands: CommandService::new(backends.log.clone()),
             letters: LettersQueries::new(backends.kv.clone()),
@@ -107,6 +111,7 @@ impl Application {
                 consistency_timeout: settings.consistency_timeout,
                 bench_endpoints: settings.bench_endpoints,
             },
+            bench_floor,
         };
         let listener = TcpListener::bind(settings.addr)
             .await

@@ -55,7 +55,7 @@ pub struct BenchConfig {
     pub lag_every: u32,
     /// Requests in flight at most; beyond it, due letters are counted as not sent.
     pub max_in_flight: usize,
-    /// Where letters are posted: `/letters`, or the baseline `/bench/ceiling` (no lag then).
+    /// Where letters are posted: `/letters`, or a baseline under `/bench/` (no lag then).
     pub path: String,
     /// Show a live progress line.
     pub progress: bool,

@@ -86,8 +86,9 @@ struct BenchArgs {
     #[arg(long, default_value_t = 4096)]
     max_in_flight: usize,
     /// Where to send the letters: `/letters`, or a baseline served with
-    /// `santa serve --bench-endpoints`: `/bench/ceiling` (no storage) or `/bench/crud`
-    /// (both read stores written inside the request).
+    /// `santa serve --bench-endpoints`: `/bench/ceiling` (no storage), `/bench/floor` (each
+    /// letter written to a file and synced, nothing else) or `/bench/crud` (both read stores
+    /// written inside the request).
     #[arg(long, default_value = "/letters")]
     path: String,
     /// find-max: the p99 acknowledgement latency a sustained rate must keep, e.g. `50ms`.
@@ -202,7 +203,8 @@ struct HttpArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SANTA_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     max_body_bytes: usize,
-    /// Serve `POST /bench/ceiling`, the no-storage baseline `santa bench --path` compares with.
+    /// Serve the baselines `santa bench --path` compares with: `POST /bench/ceiling`,
+    /// `/bench/floor` and `/bench/crud`.
     #[arg(long, env = "SANTA_BENCH_ENDPOINTS")]
     bench_endpoints: bool,
     /// How long answers to commands sent with an `Idempotency-Key` are kept (e.g. `24h`).

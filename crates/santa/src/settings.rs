@@ -52,7 +52,7 @@ pub struct Settings {
     pub publish_linger: Duration,
     /// Attempts at an event that fails to apply before it is set aside as a dead letter.
     pub max_attempts: u32,
-    /// Serve the benchmark baseline `POST /bench/ceiling`.
+    /// Serve the benchmark's baselines under `/bench/`.
     pub bench_endpoints: bool,
 }
 

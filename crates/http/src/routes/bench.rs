@@ -2,6 +2,9 @@
 //! `--bench-endpoints`:
 //! - `POST /bench/ceiling`: the same server stack, extractor and validation as
 //!   `POST /letters`, then nothing stored: the HTTP ceiling;
+//! - `POST /bench/floor`: the same stack and validation, then the letter written into a
+//!   file and synced, one sync per group, before the 202: the durable floor (see
+//!   `SyncedAppends`);
 //! - `POST /bench/crud`: the same letter decided against the read store and written into
 //!   both read stores inside the request, with no event log: synchronous CRUD.
 
@@ -49,5 +52,29 @@ pub(crate) async fn crud(
     Ok((
         StatusCode::ACCEPTED,
         Json(AcceptedResponse { id, position: 0 }),
+    ))
+}
+
+pub(crate) async fn floor(
+    State(state): State<AppState>,
+    Body(body): Body<SubmitLetterRequest>,
+) -> Result<(StatusCode, Json<AcceptedResponse>), ApiError> {
+    let floor = state
+        .bench_floor
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("the durable floor"))?;
+    let mut bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(&e))?;
+    bytes.push(b'\n');
+    let cmd = body.into_command(uuid::Uuid::now_v7().to_string())?;
+    floor
+        .append(bytes)
+        .await
+        .map_err(|e| ApiError::internal(&*e))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(AcceptedResponse {
+            id: cmd.id().to_string(),
+            position: 0,
+        }),
     ))
 }

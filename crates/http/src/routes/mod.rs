@@ -31,12 +31,13 @@ pub(crate) fn router(state: AppState) -> Router {
             axum::routing::delete(commands::cancel_letter),
         )
         .route_layer(from_fn_with_state(guard(Scope::Write), require));
-    // The benchmark baseline: not part of the API, served only when asked for.
+    // The benchmark's baselines: not part of the API, served only when asked for.
     let write = if state.settings.bench_endpoints {
         write.merge(
             Router::new()
                 .route("/bench/ceiling", post(bench::ceiling))
                 .route("/bench/crud", post(bench::crud))
+                .route("/bench/floor", post(bench::floor))
                 .route_layer(from_fn_with_state(guard(Scope::Write), require)),
         )
     } else {

@@ -113,6 +113,62 @@ async fn the_ceiling_baseline_parses_and_validates_but_stores_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_baseline_syncs_each_letter_to_its_file_before_answering() {
+    let app =
+        crate::helpers::spawn_app_with(tempfile::tempdir().unwrap(), |s| s.bench_endpoints = true)
+            .await;
+    let ring = app.dir.path().join("bench-floor.ring");
+    assert!(!ring.exists(), "nothing is opened before the first letter");
+    let children: Vec<String> = (0..20).map(|n| format!("Floor child {n}")).collect();
+    // Sent at once, so that groups hold more than one letter.
+    let mut answers = tokio::task::JoinSet::new();
+    for child in &children {
+        let mut body = crate::helpers::letter("ignored", &[("kite", 1)]);
+        body["child"] = serde_json::json!(child);
+        answers.spawn(app.client.post(app.url("/bench/floor")).json(&body).send());
+    }
+    while let Some(answer) = answers.join_next().await {
+        crate::helpers::accepted(answer.unwrap().unwrap()).await;
+    }
+    // Every 202 came after its letter's group was written and synced.
+    let written = String::from_utf8_lossy(&std::fs::read(&ring).unwrap()).into_owned();
+    for child in &children {
+        assert!(
+            written.contains(child.as_str()),
+            "{child} is not in the floor's file"
+        );
+    }
+    let listed = app
+        .get("/letters")
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert!(
+        listed["letters"].as_array().unwrap().is_empty(),
+        "the floor reaches no store: {listed}"
+    );
+    let bad = app
+        .client
+        .post(app.url("/bench/floor"))
+        .json(&serde_json::json!({"child": "x"}))
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::problem(bad, reqwest::StatusCode::BAD_REQUEST, "invalid-body").await;
+
+    let plain = spawn_app().await;
+    let response = plain
+        .client
+        .post(plain.url("/bench/floor"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::problem(response, reqwest::StatusCode::NOT_FOUND, "not-found").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mixed_scenario_reads_and_reads_its_own_writes() {
     let app = spawn_app().await;
     let config = BenchConfig {
