@@ -314,7 +314,8 @@ async fn on_fresh_server(
     Ok((server, report))
 }
 
-/// How many find-max runs of the HTTP ceiling and of the durable path, taking turns.
+/// How many find-max runs of the HTTP ceiling, the durable floor and the durable path,
+/// taking turns.
 const RATIO_PAIRS: usize = 3;
 
 /// The pair (ceiling, durable) whose ratio of highest sustained rates is the median of
@@ -330,6 +331,14 @@ fn median_pair(mut pairs: Vec<FindMaxPair>) -> anyhow::Result<(FindMaxPair, Vec<
     pairs.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
     let middle = pairs.len() / 2;
     Ok((pairs.swap_remove(middle), each))
+}
+
+/// The pair of rates (part, ceiling) whose share is the median of `pairs` (the higher of
+/// the middle two for an even count); (0, 0) when there is none.
+fn median_share(pairs: &[(u32, u32)]) -> (u32, u32) {
+    let mut sorted = pairs.to_vec();
+    sorted.sort_by(|a, b| share_of(a.0, a.1).total_cmp(&share_of(b.0, b.1)));
+    sorted.get(sorted.len() / 2).copied().unwrap_or((0, 0))
 }
 
 /// `durable` as a share of `ceiling` (rates per second).
@@ -552,6 +561,11 @@ struct Embedded {
     /// Every find-max pair's highest sustained rates, (durable, ceiling), in the order
     /// run; `ceiling` and `durable` are the pair of median ratio.
     ratio_pairs: Vec<(u32, u32)>,
+    /// The durable floor (`/bench/floor`, each letter written to a file and synced per
+    /// group, nothing else) of the round whose floor-to-ceiling ratio is the median, and
+    /// every round's highest sustained rates, (floor, ceiling), in the order run.
+    floor: FindMaxReport,
+    floor_pairs: Vec<(u32, u32)>,
     crud: FindMaxReport,
     /// At CRUD's highest rate, the run of median p99 of each: (durable, crud).
     at_crud_max: (BenchReport, BenchReport),
@@ -852,19 +866,34 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
     // of one run leaks into the next.
     // Each is stopped before the next starts: a server left running after find-max goes on
     // projecting the backlog of its last steps beside the next measurement.
-    // The ceiling and the durable path in turn, a few times: one find-max alone can land on
-    // a stretch of the host taking the CPU (steal), and the ratio of two moved by half.
-    let mut pairs = Vec::new();
+    // The ceiling, the floor and the durable path in turn, a few times: one find-max alone
+    // can land on a stretch of the host taking the CPU (steal), and the ratio of two moved
+    // by half.
+    let (mut pairs, mut floors) = (Vec::new(), Vec::new());
     for _ in 0..if suite.quick { 1 } else { RATIO_PAIRS } {
         let (server, _) = seeded(http, "ceiling").await?;
         let ceiling = find_max(&server.url, "/bench/ceiling", 2000, suite).await?;
         drop(server);
+        let (server, _) = seeded(http, "floor").await?;
+        // The floor fills its file on the first letter: not inside a measured step.
+        http.post(format!("{}/bench/floor", server.url))
+            .json(&json!({
+                "child": "Warm", "address": "1 Load Lane",
+                "toys": [{"toy_id": "bench-kite", "quantity": 1}],
+            }))
+            .send()
+            .await?
+            .error_for_status()?;
+        let floor = find_max(&server.url, "/bench/floor", 2000, suite).await?;
+        drop(server);
         let (server, _) = seeded(http, "durable").await?;
         let durable = find_max(&server.url, "/letters", 1000, suite).await?;
         drop(server);
+        floors.push((ceiling.clone(), floor));
         pairs.push((ceiling, durable));
     }
     let ((ceiling, durable), ratio_pairs) = median_pair(pairs)?;
+    let ((_, floor), floor_pairs) = median_pair(floors)?;
     let (server, _) = seeded(http, "crud").await?;
     let crud = find_max(&server.url, "/bench/crud", 500, suite).await?;
     drop(server);
@@ -1048,6 +1077,8 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
         ceiling,
         durable,
         ratio_pairs,
+        floor,
+        floor_pairs,
         crud,
         at_crud_max: (durable_at_crud.0, crud_at_crud.0),
         at_crud_max_p99_us: (durable_at_crud.1, crud_at_crud.1),
@@ -1324,6 +1355,7 @@ fn write_report(
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut curves = vec![
         ("HTTP ceiling (no storage)", &e.ceiling),
+        ("durable floor (a file synced per group)", &e.floor),
         ("durable POST /letters, embedded", &e.durable),
         ("synchronous CRUD, embedded", &e.crud),
     ];
@@ -1363,6 +1395,8 @@ fn write_report(
             "ceiling": curve_json(&e.ceiling),
             "durable": curve_json(&e.durable),
             "ratio_pairs": e.ratio_pairs.iter().map(|(durable, ceiling)| json!({"durable": durable, "ceiling": ceiling})).collect::<Vec<_>>(),
+            "floor": curve_json(&e.floor),
+            "floor_pairs": e.floor_pairs.iter().map(|(floor, ceiling)| json!({"floor": floor, "ceiling": ceiling})).collect::<Vec<_>>(),
             "crud": curve_json(&e.crud),
             "at_crud_max": {
                 "durable": run_json(&e.at_crud_max.0),
@@ -1487,6 +1521,8 @@ fn render(
     let crud = max_rate(&e.crud);
     let half = (e.held_rate / 2).max(1);
     let ratio = share_of(durable, ceiling);
+    let (floor, floor_ceiling) = median_share(&e.floor_pairs);
+    let floor_share = share_of(floor, floor_ceiling);
     let (durable_at_crud, crud_at_crud) = &e.at_crud_max;
     let each_p99 = |p99s: &[u64]| {
         p99s.iter()
@@ -1546,8 +1582,18 @@ fn render(
                 )
             } else {
                 format!("{durable}/s of {ceiling}/s = {:.0} %", ratio * 100.0)
-            },
-            Verdict::judge(ratio >= 0.6, false),
+            } + &format!(
+                "; floor: the same stack writing each letter to a file and syncing it, one sync \
+                 per group, with no log, rules or read side, {floor}/s of {floor_ceiling}/s = \
+                 {:.0} % ({})",
+                floor_share * 100.0,
+                e.floor_pairs
+                    .iter()
+                    .map(|(f, c)| format!("{f} of {c}/s, {:.0} %", share_of(*f, *c) * 100.0))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Verdict::judge(ratio >= 0.6, floor_share < 0.6),
         ),
         (
             "p99 acknowledgement ≤ 2 ms at half the highest sustained rate".into(),
@@ -1699,6 +1745,8 @@ fn render(
         "\nA target out of this machine's reach is missed by a floor measured in the same run: \
          for latency, the same server stack at the same offered rate with nothing stored or \
          read (the HTTP ceiling, parsing and validating the same letter; `GET /healthz`); for \
+         the durable path's share of the ceiling, the durable floor (the same stack writing \
+         each letter to a file and syncing it, one sync per group, nothing else); for \
          rebuilds, the rows a projection writes, straight into SQLite, nothing read or \
          decoded."
     );
@@ -1711,6 +1759,12 @@ fn render(
         &mut out,
         "HTTP ceiling: same stack and validation, nothing stored",
         &e.ceiling,
+    );
+    curve_table(
+        &mut out,
+        "Durable floor: same stack and validation, then the letter written to a file and \
+         synced, one sync per group, nothing else",
+        &e.floor,
     );
     curve_table(
         &mut out,
@@ -2079,6 +2133,8 @@ mod tests {
                 &[(4_000, 3, true), (7_000, 4, true), (8_400, 80, false)],
             ),
             ratio_pairs: vec![(5_000, 10_000), (7_000, 10_000), (9_000, 10_000)],
+            floor: curve("/bench/floor", &[(8_000, 2, true), (9_600, 70, false)]),
+            floor_pairs: vec![(8_000, 10_000), (9_500, 10_000), (7_500, 10_000)],
             crud: curve("/bench/crud", &[(2_000, 20, true), (2_400, 99, false)]),
             at_crud_max: (report(2_000, 3), report(2_000, 21)),
             at_crud_max_p99_us: (vec![9_000, 3_000, 2_000], vec![21_000, 30_000, 5_000]),
@@ -2229,5 +2285,18 @@ mod tests {
         e.rebuild_analytics.per_s = vec![150_000.0];
         let markdown = render(&test_suite(), &e, None, None);
         assert!(target_row(&markdown, "| rebuild ≥ 200,000").ends_with("| **missed** |"));
+        // The durable path at 40 % of the ceiling, where the floor reaches 80 %: ours to
+        // fix; where the floor's median round reaches only 55 %: out of reach.
+        e.durable = curve("/letters", &[(4_000, 3, true), (4_800, 80, false)]);
+        let markdown = render(&test_suite(), &e, None, None);
+        let durable = target_row(&markdown, "| durable `POST /letters`");
+        assert!(durable.contains("8000/s of 10000/s = 80 %"), "{durable}");
+        assert!(durable.ends_with("| **missed** |"), "{durable}");
+        e.floor_pairs = vec![(5_000, 10_000), (9_000, 10_000), (5_500, 10_000)];
+        let markdown = render(&test_suite(), &e, None, None);
+        let durable = target_row(&markdown, "| durable `POST /letters`");
+        assert!(durable.contains("5500 of 10000/s, 55 %"), "{durable}");
+        assert!(durable.contains("= 55 % ("), "{durable}");
+        assert!(durable.ends_with(out_of_reach), "{durable}");
     }
 }
