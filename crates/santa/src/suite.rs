@@ -318,9 +318,9 @@ async fn on_fresh_server(
 /// taking turns.
 const RATIO_PAIRS: usize = 3;
 
-/// The pair (ceiling, durable) whose ratio of highest sustained rates is the median of
-/// `pairs` (the higher of the middle two for an even count), and every pair's highest
-/// rates (durable, ceiling) in the order run.
+/// The pair (ceiling, durable) — or (ceiling, floor) — whose ratio of highest sustained
+/// rates is the median of `pairs` (the higher of the middle two for an even count), and
+/// every pair's highest rates (durable, ceiling) in the order run.
 fn median_pair(mut pairs: Vec<FindMaxPair>) -> anyhow::Result<(FindMaxPair, Vec<(u32, u32)>)> {
     anyhow::ensure!(!pairs.is_empty(), "no find-max pair to take the median of");
     let each = pairs
