@@ -82,34 +82,7 @@ async fn the_ceiling_baseline_parses_and_validates_but_stores_nothing() {
     let report = run(config).await.unwrap();
     assert_eq!(report.acknowledged, report.offered, "{report}");
     assert_eq!(report.lag.count, 0, "nothing to wait for");
-    let listed = app
-        .get("/letters")
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
-    assert!(
-        listed["letters"].as_array().unwrap().is_empty(),
-        "the baseline stores nothing: {listed}"
-    );
-    let bad = app
-        .client
-        .post(app.url("/bench/ceiling"))
-        .json(&serde_json::json!({"child": "x"}))
-        .send()
-        .await
-        .unwrap();
-    crate::helpers::problem(bad, reqwest::StatusCode::BAD_REQUEST, "invalid-body").await;
-
-    let plain = spawn_app().await;
-    let response = plain
-        .client
-        .post(plain.url("/bench/ceiling"))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    crate::helpers::problem(response, reqwest::StatusCode::NOT_FOUND, "not-found").await;
+    stores_nothing_rejects_bad_letters_and_is_off_by_default(&app, "/bench/ceiling").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,34 +111,7 @@ async fn the_floor_baseline_syncs_each_letter_to_its_file_before_answering() {
             "{child} is not in the floor's file"
         );
     }
-    let listed = app
-        .get("/letters")
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
-    assert!(
-        listed["letters"].as_array().unwrap().is_empty(),
-        "the floor reaches no store: {listed}"
-    );
-    let bad = app
-        .client
-        .post(app.url("/bench/floor"))
-        .json(&serde_json::json!({"child": "x"}))
-        .send()
-        .await
-        .unwrap();
-    crate::helpers::problem(bad, reqwest::StatusCode::BAD_REQUEST, "invalid-body").await;
-
-    let plain = spawn_app().await;
-    let response = plain
-        .client
-        .post(plain.url("/bench/floor"))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    crate::helpers::problem(response, reqwest::StatusCode::NOT_FOUND, "not-found").await;
+    stores_nothing_rejects_bad_letters_and_is_off_by_default(&app, "/bench/floor").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,4 +199,41 @@ async fn the_crud_baseline_writes_both_read_stores_inside_the_request() {
         "unknown-toy",
     )
     .await;
+}
+
+/// What every baseline shares: no letter reaches the read stores, a bad letter gets the
+/// same problem as from `POST /letters`, and a server started without
+/// `--bench-endpoints` does not serve `path`.
+async fn stores_nothing_rejects_bad_letters_and_is_off_by_default(
+    app: &crate::helpers::TestApp,
+    path: &str,
+) {
+    let listed = app
+        .get("/letters")
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert!(
+        listed["letters"].as_array().unwrap().is_empty(),
+        "{path} reached a store: {listed}"
+    );
+    let bad = app
+        .client
+        .post(app.url(path))
+        .json(&serde_json::json!({"child": "x"}))
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::problem(bad, reqwest::StatusCode::BAD_REQUEST, "invalid-body").await;
+
+    let plain = spawn_app().await;
+    let response = plain
+        .client
+        .post(plain.url(path))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::problem(response, reqwest::StatusCode::NOT_FOUND, "not-found").await;
 }
