@@ -50,9 +50,17 @@ impl SyncedAppends {
 
     /// Writes `bytes` and returns once a sync covered them.
     pub async fn append(&self, bytes: Vec<u8>) -> Result<(), Arc<io::Error>> {
+        // Opening the file and starting the thread block: not on an async worker.
         let queue = self
             .queue
-            .get_or_try_init(|| async { start(&self.path) })
+            .get_or_try_init(|| {
+                let path = self.path.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || start(&path))
+                        .await
+                        .map_err(io::Error::other)?
+                }
+            })
             .await
             .map_err(Arc::new)?;
         let (done, synced) = oneshot::channel();
