@@ -122,6 +122,9 @@ pub struct BenchReport {
     pub lag: Summary,
     /// Each lag measured: (seconds into the run when acknowledged, lag in ms).
     pub lag_series: Vec<(f64, f64)>,
+    /// For each second of the run (by due time), the slowest acknowledgement of a letter
+    /// due in it, in µs: when in the run a tail came from.
+    pub slowest_by_second: Vec<u64>,
     /// Mixed: reads from due time to the 200.
     pub reads: Summary,
     /// Mixed: `GET /letters/{id}?after=P` sent right after the 202, until its 200.
@@ -145,6 +148,25 @@ impl BenchReport {
     pub fn throughput(&self) -> f64 {
         self.acknowledged as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
+
+    /// The `n` seconds with the slowest acknowledgements, slowest first, as
+    /// "second 12: 193.5 ms"; `None` when nothing was acknowledged.
+    pub fn slowest_seconds(&self, n: usize) -> Option<String> {
+        let mut seconds: Vec<(usize, u64)> = self
+            .slowest_by_second
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, us)| *us > 0)
+            .collect();
+        seconds.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let shown: Vec<String> = seconds
+            .iter()
+            .take(n)
+            .map(|(second, us)| format!("second {second}: {:.1} ms", *us as f64 / 1000.0))
+            .collect();
+        (!shown.is_empty()).then(|| shown.join(", "))
+    }
 }
 
 struct Shared {
@@ -154,6 +176,7 @@ struct Shared {
     latency: Mutex<Histogram<u64>>,
     lag: Mutex<Histogram<u64>>,
     lag_series: Mutex<Vec<(f64, f64)>>,
+    slowest_by_second: Mutex<Vec<u64>>,
     reads: Mutex<Histogram<u64>>,
     read_your_writes: Mutex<Histogram<u64>>,
     failed_reads: Mutex<u64>,
@@ -247,7 +270,9 @@ impl Shared {
         };
         match response.status() {
             StatusCode::ACCEPTED => {
-                record(&self.latency, due.elapsed());
+                let latency = due.elapsed();
+                record(&self.latency, latency);
+                self.slowest_in_second(due, latency);
                 counts(0);
                 let position = response
                     .json::<serde_json::Value>()
@@ -288,6 +313,20 @@ impl Shared {
         if failures.len() < MAX_FAILURES_KEPT {
             failures.push(reason);
         }
+    }
+
+    /// Keeps `latency` as the slowest of the second `due` falls in, if it is.
+    fn slowest_in_second(&self, due: Instant, latency: Duration) {
+        let second = (due - self.start).as_secs() as usize;
+        let mut slowest = self
+            .slowest_by_second
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slowest.len() <= second {
+            slowest.resize(second + 1, 0);
+        }
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        slowest[second] = slowest[second].max(us);
     }
 
     /// Polls the letter until the read store serves it.
@@ -414,6 +453,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         latency: Mutex::new(histogram()?),
         lag: Mutex::new(histogram()?),
         lag_series: Mutex::default(),
+        slowest_by_second: Mutex::default(),
         reads: Mutex::new(histogram()?),
         read_your_writes: Mutex::new(histogram()?),
         failed_reads: Mutex::new(0),
@@ -540,6 +580,12 @@ async fn offer(shared: &Arc<Shared>) -> anyhow::Result<BenchReport> {
         latency: summary(&shared.latency),
         lag: summary(&shared.lag),
         lag_series,
+        slowest_by_second: std::mem::take(
+            &mut *shared
+                .slowest_by_second
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        ),
         reads: summary(&shared.reads),
         read_your_writes: summary(&shared.read_your_writes),
         failed_reads: *shared
@@ -708,6 +754,9 @@ impl fmt::Display for BenchReport {
             "acknowledgement latency (from due time): {}",
             self.latency
         )?;
+        if let Some(slowest) = self.slowest_seconds(3) {
+            writeln!(f, "slowest seconds (by due time): {slowest}")?;
+        }
         writeln!(f, "dispatch behind schedule: {}", self.dispatch_lateness)?;
         write!(f, "projection lag (202 until GET serves it): {}", self.lag)?;
         for failure in &self.failures {
@@ -954,6 +1003,7 @@ pub(crate) fn report_at(rate: u32, latency: Summary) -> BenchReport {
         latency,
         lag: latency,
         lag_series: Vec::new(),
+        slowest_by_second: Vec::new(),
         reads: latency,
         read_your_writes: latency,
         failed_reads: 0,
@@ -1110,6 +1160,24 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.to_string().contains("still behind"), "{error}");
+    }
+
+    #[test]
+    fn the_report_names_the_seconds_its_slowest_acknowledgements_were_due_in() {
+        let mut report = report_at(10, Summary::default());
+        assert_eq!(report.slowest_seconds(3), None);
+        assert!(!report.to_string().contains("slowest seconds"));
+        report.slowest_by_second = vec![2_000, 0, 193_500, 1_500, 80_100];
+        assert_eq!(
+            report.slowest_seconds(3).as_deref(),
+            Some("second 2: 193.5 ms, second 4: 80.1 ms, second 0: 2.0 ms")
+        );
+        assert!(
+            report
+                .to_string()
+                .contains("slowest seconds (by due time): second 2: 193.5 ms,"),
+            "{report}"
+        );
     }
 
     #[test]

@@ -1985,6 +1985,7 @@ mod tests {
         };
         BenchReport {
             lag_series: vec![(0.5, 3.0), (1.0, 4.0)],
+            slowest_by_second: vec![1_000, 3_000],
             steal: Some(0.05),
             ..bench::report_at(rate, latency)
         }

@@ -29,6 +29,14 @@ async fn the_load_generator_offers_its_rate_and_measures_latency_and_lag() {
     );
     assert_eq!(report.failed, 0, "{report}");
     assert_eq!(report.latency.count, report.acknowledged);
+    // The slowest second's slowest letter is the run's slowest (within the histogram's
+    // precision).
+    let slowest = *report.slowest_by_second.iter().max().unwrap() as f64;
+    let max = report.latency.max_us as f64;
+    assert!(
+        (slowest - max).abs() <= max * 0.01 + 1.0,
+        "{slowest} against {max}"
+    );
     assert!(report.lag.count >= report.acknowledged / 10 - 1, "{report}");
     assert!(
         report.latency.p50_us <= report.latency.p99_us
