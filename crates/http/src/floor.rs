@@ -104,6 +104,7 @@ fn fill(file: &File) -> io::Result<()> {
     }
     file.sync_all()
 }
+
 /// The writer: takes whatever has arrived, writes it at the ring's offset, syncs once and
 /// answers the group.
 fn write_groups(file: &File, arrivals: &Receiver<Append>) {

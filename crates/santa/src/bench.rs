@@ -243,10 +243,7 @@ impl Shared {
 
     /// Sends one letter due at `due`; returns its id and position when acknowledged.
     async fn send(&self, id: String, due: Instant) -> Option<(String, u64)> {
-        let body = json!({
-            "id": id, "child": "Bench", "address": "1 Load Lane", "country": "FI",
-            "toys": [{"toy_id": "bench-kite", "quantity": 2}, {"toy_id": "bench-drum", "quantity": 1}],
-        });
+        let body = letter_body(&id);
         let outcome = self
             .request(reqwest::Method::POST, &self.config.path)
             .json(&body)
@@ -987,6 +984,15 @@ impl fmt::Display for FindMaxReport {
             ),
         }
     }
+}
+
+/// The letter every run sends, under `id`: two lines, of the toys `set_up_toys` puts in the
+/// catalogue.
+pub(crate) fn letter_body(id: &str) -> Value {
+    json!({
+        "id": id, "child": "Bench", "address": "1 Load Lane", "country": "FI",
+        "toys": [{"toy_id": "bench-kite", "quantity": 2}, {"toy_id": "bench-drum", "quantity": 1}],
+    })
 }
 
 /// A report of `rate` letters in a second, all acknowledged, with `latency` for every

@@ -877,10 +877,7 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
         let (server, _) = seeded(http, "floor").await?;
         // The floor fills its file on the first letter: not inside a measured step.
         http.post(format!("{}/bench/floor", server.url))
-            .json(&json!({
-                "child": "Warm", "address": "1 Load Lane",
-                "toys": [{"toy_id": "bench-kite", "quantity": 1}],
-            }))
+            .json(&crate::bench::letter_body("warm"))
             .send()
             .await?
             .error_for_status()?;
