@@ -1803,9 +1803,9 @@ fn render(
         "\nA target out of this machine's reach is missed by a floor measured in the same run: \
          for latency, the same server stack at the same offered rate with nothing stored or \
          read (the HTTP ceiling, parsing and validating the same letter; `GET /healthz`); for \
-         the durable path's share of the ceiling, the durable floor (the same stack writing \
-         each letter to a file and syncing it, one sync per group, nothing else); for \
-         rebuilds, the rows a projection writes, straight into SQLite, nothing read or \
+         the durable path's share of the ceiling and its acknowledgement at half load, the \
+         durable floor (the same stack writing each letter to a file and syncing it, one sync \
+         per group, nothing else); for rebuilds, the rows a projection writes, straight into SQLite, nothing read or \
          decoded."
     );
 
