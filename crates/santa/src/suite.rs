@@ -373,13 +373,6 @@ fn runs(count: usize) -> String {
     format!("{count} run{}", if count == 1 { "" } else { "s" })
 }
 
-/// The median of `p99s` (the higher of the middle two for an even count; 0 for none).
-fn median_p99(p99s: &[u64]) -> u64 {
-    let mut sorted = p99s.to_vec();
-    sorted.sort_unstable();
-    sorted.get(sorted.len() / 2).copied().unwrap_or(0)
-}
-
 /// The run whose p99 acknowledgement is the median of `runs` (the higher of the middle
 /// two for an even count), and every run's p99 in the order run.
 fn median_run(mut runs: Vec<BenchReport>) -> anyhow::Result<(BenchReport, Vec<u64>)> {
@@ -605,9 +598,10 @@ struct Embedded {
     /// The HTTP ceiling at half the highest rate held, the disk probe beside it.
     ceiling_at_half: BenchReport,
     /// The durable path at half the highest rate held: its first run (lag and memory are
-    /// read from it), and every run's p99 in the order run.
+    /// read from it); and, of it and the runs after it, the run of median p99 and every
+    /// run's p99 in the order run.
     half: BenchReport,
-    half_p99_us: Vec<u64>,
+    half_runs: (BenchReport, Vec<u64>),
     /// The durable floor at the same rate, run in turn with those: the run of median p99,
     /// and every run's p99.
     floor_at_half: (BenchReport, Vec<u64>),
@@ -1012,16 +1006,17 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
         lag_every: 0,
     };
     let count = if suite.quick { 1 } else { HALF_LOAD_RUNS };
-    let (mut durable_at_half, mut floor_at_half) = (vec![half.latency.p99_us], Vec::new());
+    let (mut durable_at_half, mut floor_at_half) = (vec![half.clone()], Vec::new());
     for i in 0..count {
         let server = floor_server(http, "floor-half").await?;
         floor_at_half.push(steady(&server.url, at_half("/bench/floor"), suite).await?);
         drop(server);
         if i + 1 < count {
             let (_, run) = on_fresh_server(http, suite, "half", at_half("/letters")).await?;
-            durable_at_half.push(run.latency.p99_us);
+            durable_at_half.push(run);
         }
     }
+    let half_runs = median_run(durable_at_half)?;
     let floor_at_half = median_run(floor_at_half)?;
     let (_, mixed) = on_fresh_server(
         http,
@@ -1132,7 +1127,7 @@ async fn measure_embedded(http: &reqwest::Client, suite: &SuiteConfig) -> anyhow
         ceiling_at_crud_max: ceiling_at_crud,
         ceiling_at_half,
         half,
-        half_p99_us: durable_at_half,
+        half_runs,
         floor_at_half,
         load: load_memory,
         mixed,
@@ -1456,7 +1451,7 @@ fn write_report(
                 "ceiling_p99_ms_each": e.ceiling_at_crud_max.1.iter().map(|us| ms(*us)).collect::<Vec<_>>(),
             },
             "half_load": run_json(&e.half),
-            "half_load_p99_ms_each": e.half_p99_us.iter().map(|us| ms(*us)).collect::<Vec<_>>(),
+            "half_load_p99_ms_each": e.half_runs.1.iter().map(|us| ms(*us)).collect::<Vec<_>>(),
             "floor_at_half_load": run_json(&e.floor_at_half.0),
             "floor_at_half_load_p99_ms_each": e.floor_at_half.1.iter().map(|us| ms(*us)).collect::<Vec<_>>(),
             "mixed": run_json(&e.mixed),
@@ -1614,7 +1609,7 @@ fn render(
     let _ = writeln!(out, "## Targets\n\n| target | measured | |\n|---|---|---|");
     let bound = |report: &BenchReport| ms(report.latency.p99_us);
     let ceiling_half_p99 = ms(e.ceiling_at_half.latency.p99_us);
-    let half_p99 = ms(median_p99(&e.half_p99_us));
+    let half_p99 = ms(e.half_runs.0.latency.p99_us);
     let floor_half_p99 = ms(e.floor_at_half.0.latency.p99_us);
     let ceiling_at_crud = &e.ceiling_at_crud_max.0;
     let floor_ratio =
@@ -1662,8 +1657,8 @@ fn render(
                 half,
                 e.held_rate,
                 e.at_max.elapsed.as_secs_f64(),
-                runs(e.half_p99_us.len()),
-                each_p99(&e.half_p99_us),
+                runs(e.half_runs.1.len()),
+                each_p99(&e.half_runs.1),
                 e.disk_sync.rate,
                 ms(e.disk_sync.beside_ceiling.p99_us),
                 ms(e.disk_sync.idle.p99_us),
@@ -1805,8 +1800,8 @@ fn render(
          read (the HTTP ceiling, parsing and validating the same letter; `GET /healthz`); for \
          the durable path's share of the ceiling and its acknowledgement at half load, the \
          durable floor (the same stack writing each letter to a file and syncing it, one sync \
-         per group, nothing else); for rebuilds, the rows a projection writes, straight into SQLite, nothing read or \
-         decoded."
+         per group, nothing else); for rebuilds, the rows a projection writes, straight into \
+         SQLite, nothing read or decoded."
     );
 
     let _ = writeln!(
@@ -2205,7 +2200,7 @@ mod tests {
             ceiling_at_crud_max: (report(2_000, 2), vec![2_000, 1_000, 6_000]),
             ceiling_at_half: report(3_500, 1),
             half: report(3_500, 1),
-            half_p99_us: vec![1_000, 3_000, 900],
+            half_runs: (report(3_500, 1), vec![1_000, 3_000, 900]),
             floor_at_half: (report(3_500, 1), vec![1_000, 800, 1_200]),
             load: Memory {
                 rss_mb: Some(40.0),
@@ -2320,7 +2315,7 @@ mod tests {
         let mut e = fixture();
         // 3 ms at half load (the median run), where the durable floor answers in 2.5 ms:
         // out of reach.
-        e.half_p99_us = vec![3_000, 1_500, 3_500];
+        e.half_runs = (report(3_500, 3), vec![3_000, 1_500, 3_500]);
         let mut floor = report(3_500, 1);
         floor.latency.p99_us = 2_500;
         e.floor_at_half = (floor, vec![2_500, 2_400, 2_600]);
