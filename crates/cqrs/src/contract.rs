@@ -200,26 +200,46 @@ pub async fn deciders_append_at_the_version_they_read(log: Arc<dyn EventLog>) {
     )
     .await
     .unwrap();
+    let sees = |want: [Option<&'static [u8]>; 2]| -> crate::Decider {
+        Box::new(move |_, context| {
+            let newest: Vec<Option<Vec<u8>>> = context
+                .iter()
+                .map(|e| e.as_ref().map(|e| e.data.clone()))
+                .collect();
+            let want: Vec<Option<Vec<u8>>> = want.iter().map(|w| w.map(<[u8]>::to_vec)).collect();
+            if newest == want {
+                Ok(Verdict::Append(vec![event("saw it")]))
+            } else {
+                Err(format!("saw {newest:?}, not {want:?}").into())
+            }
+        })
+    };
+    let context = ["context-a".to_owned(), "context-none".to_owned()];
     let seen = log
-        .decide_and_append(
-            "decided-with-context",
-            &["context-a".to_owned(), "context-none".to_owned()],
-            Box::new(|_, context| {
-                let newest: Vec<Option<Vec<u8>>> = context
-                    .iter()
-                    .map(|e| e.as_ref().map(|e| e.data.clone()))
-                    .collect();
-                if newest == [Some(b"a2".to_vec()), None] {
-                    Ok(Verdict::Append(vec![event("saw a2")]))
-                } else {
-                    Err(format!("saw {newest:?}").into())
-                }
-            }),
-        )
+        .decide_and_append("decided-with-context", &context, sees([Some(b"a2"), None]))
         .await;
     assert!(seen.is_ok(), "got {seen:?}");
     assert_eq!(log.read_stream("decided").await.unwrap().len(), 10);
     assert_eq!(log.head().await.unwrap().get(), head.get() + 3);
+    // ... and stay so once those streams move, by an append or by a decision on them.
+    log.append("context-a", ExpectedVersion::Exactly(2), vec![event("a3")])
+        .await
+        .unwrap();
+    log.decide_and_append(
+        "context-none",
+        &[],
+        Box::new(|_, _| Ok(Verdict::Append(vec![event("n1")]))),
+    )
+    .await
+    .unwrap();
+    let seen = log
+        .decide_and_append(
+            "decided-with-context",
+            &context,
+            sees([Some(b"a3"), Some(b"n1")]),
+        )
+        .await;
+    assert!(seen.is_ok(), "got {seen:?}");
 
     // A command expected to start its stream decides on the real history once it exists.
     let start_once = || -> crate::Decider {
@@ -272,7 +292,7 @@ pub async fn deciders_append_at_the_version_they_read(log: Arc<dyn EventLog>) {
     );
     assert_eq!(log.read_stream("started").await.unwrap().len(), 1);
     assert_eq!(log.read_stream("raced").await.unwrap().len(), 1);
-    assert_eq!(log.head().await.unwrap().get(), head.get() + 5);
+    assert_eq!(log.head().await.unwrap().get(), head.get() + 8);
 }
 
 /// A subscription replays history from any position, then delivers new events live.

@@ -9,7 +9,7 @@
 //! back, and never loses an optimistic-concurrency race. The events of the last groups
 //! committed stay in memory for the projections that follow the log ([`Tail`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -107,6 +107,50 @@ impl Tail {
                 .map(|event| RecordedEvent::clone(event))
                 .collect(),
         )
+    }
+}
+
+/// The newest event of the streams commands read as context (a letter's toys), as the
+/// writer last read or wrote them: the writer is the log's only writer, so an entry stays
+/// true until the writer itself appends to that stream, which drops it. A group that fails
+/// drops them all, since what its transaction read may never have been committed.
+#[derive(Debug, Default)]
+struct Contexts(HashMap<String, Option<RecordedEvent>>);
+
+/// Streams [`Contexts`] holds at most; past that it starts over (a catalogue's toys are
+/// far fewer).
+const CONTEXT_STREAMS: usize = 4096;
+
+impl Contexts {
+    /// The newest event of each stream, from memory where held, else from `conn`.
+    fn lasts(
+        &mut self,
+        conn: &Connection,
+        streams: &[String],
+    ) -> rusqlite::Result<Vec<Option<RecordedEvent>>> {
+        let mut found = Vec::with_capacity(streams.len());
+        for stream in streams {
+            if let Some(last) = self.0.get(stream) {
+                found.push(last.clone());
+                continue;
+            }
+            let last = lasts(conn, std::slice::from_ref(stream))?.pop().flatten();
+            if self.0.len() >= CONTEXT_STREAMS {
+                self.0.clear();
+            }
+            self.0.insert(stream.clone(), last.clone());
+            found.push(last);
+        }
+        Ok(found)
+    }
+
+    /// `stream` has been written to.
+    fn forget(&mut self, stream: &str) {
+        self.0.remove(stream);
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
@@ -322,6 +366,7 @@ impl Writer {
     /// Commits groups until every sender is gone (the log was dropped).
     fn run(self, mut queue: mpsc::Receiver<Append>) {
         let mut group = Vec::with_capacity(self.max_group);
+        let mut contexts = Contexts::default();
         while let Some(first) = queue.blocking_recv() {
             group.push(first);
             while group.len() < self.max_group {
@@ -334,7 +379,7 @@ impl Writer {
             let head = *self.head.borrow();
             let outcome = self
                 .db
-                .with_writer(|conn| commit_group(conn, &mut group, head));
+                .with_writer(|conn| commit_group(conn, &mut group, head, &mut contexts));
             match outcome {
                 Ok(Committed {
                     results,
@@ -349,6 +394,7 @@ impl Writer {
                     }
                 }
                 Err(error) => {
+                    contexts.clear();
                     tracing::error!(%error, appends = group.len(), "event log commit failed");
                     for append in group.drain(..) {
                         let _ = append
@@ -381,6 +427,7 @@ fn commit_group(
     conn: &mut Connection,
     group: &mut [Append],
     head: Position,
+    contexts: &mut Contexts,
 ) -> rusqlite::Result<Committed> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -454,17 +501,22 @@ fn commit_group(
                         continue;
                     }
                     results.push(Ok(write(stream, actual, events)?));
+                    contexts.forget(stream);
                 }
                 Job::Decide { context, decide } => {
                     let recorded = stream_events(&tx, stream)?;
-                    let context = lasts(&tx, context)?;
+                    let context = contexts.lasts(&tx, context)?;
                     let actual = recorded.last().map_or(0, |e| e.version);
                     // A decider that panics refuses its own command, not the whole group.
                     let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         decide(&recorded, &context)
                     }));
                     results.push(match verdict {
-                        Ok(Ok(Verdict::Append(events))) => Ok(write(stream, actual, &events)?),
+                        Ok(Ok(Verdict::Append(events))) => {
+                            let written = write(stream, actual, &events)?;
+                            contexts.forget(stream);
+                            Ok(written)
+                        }
                         Ok(Ok(Verdict::Nothing(position))) => Ok(position),
                         Ok(Err(refusal)) => Err(DecideError::Refused(refusal)),
                         Err(_panic) => Err(LogError::Unavailable(

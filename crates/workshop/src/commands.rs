@@ -1,13 +1,15 @@
 //! The command side: load the aggregate's stream, decide, append with the version it was
 //! decided on. A command is acknowledged only with the position of a durable event.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use santa_cqrs::{
     DecideError, Decider, EventLog, LogError, Position, RecordedEvent, Refusal, Verdict,
 };
 use santa_domain::{
-    CancelLetter, Decision, DomainError, Event, LetterState, SubmitLetter, ToyState, UpsertToy,
+    CancelLetter, Cents, Decision, DomainError, Event, LetterState, SubmitLetter, ToyState,
+    UpsertToy,
 };
 
 use crate::codec::{self, DecodeError};
@@ -37,11 +39,49 @@ type History = Vec<(Position, Event)>;
 #[derive(Debug, Clone)]
 pub struct CommandService {
     log: Arc<dyn EventLog>,
+    prices: Arc<Prices>,
+}
+
+/// The price each toy event left its toy at, by the event's position (a logged event never
+/// changes): a letter's toys are decoded once per catalogue change, not once per letter.
+#[derive(Debug, Default)]
+struct Prices(Mutex<HashMap<Position, Option<Cents>>>);
+
+/// Toy events [`Prices`] holds at most; past that it starts over (a catalogue's toys are
+/// far fewer).
+const PRICED_EVENTS: usize = 4096;
+
+impl Prices {
+    /// The price of the toy whose newest event is `last` (`None`: not in the catalogue).
+    fn of(&self, last: Option<&RecordedEvent>) -> Result<Option<Cents>, DecodeError> {
+        let Some(last) = last else {
+            return Ok(None);
+        };
+        let held = self.lock().get(&last.position).copied();
+        if let Some(price) = held {
+            return Ok(price);
+        }
+        let history = decode_all(std::slice::from_ref(last))?;
+        let price = fold(ToyState::default(), ToyState::apply, &history).price();
+        let mut prices = self.lock();
+        if prices.len() >= PRICED_EVENTS {
+            prices.clear();
+        }
+        prices.insert(last.position, price);
+        Ok(price)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Position, Option<Cents>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl CommandService {
     pub fn new(log: Arc<dyn EventLog>) -> Self {
-        Self { log }
+        Self {
+            log,
+            prices: Arc::default(),
+        }
     }
 
     pub fn log(&self) -> &Arc<dyn EventLog> {
@@ -69,6 +109,7 @@ impl CommandService {
             .collect();
         // Letters are new far more often than repeated: decided without reading the stream
         // first, unless it turns out to exist.
+        let prices = self.prices.clone();
         self.decide_and_append(
             &stream,
             &toy_streams,
@@ -78,14 +119,11 @@ impl CommandService {
                 let state = fold(LetterState::default(), LetterState::apply, &history);
                 let catalogue = toys
                     .iter()
-                    .map(|last| {
-                        decode_all(last.as_slice())
-                            .map(|h| fold(ToyState::default(), ToyState::apply, &h))
-                    })
+                    .map(|last| prices.of(last.as_ref()))
                     .collect::<Result<Vec<_>, _>>()?;
                 let decision = state.decide_submit(cmd.clone(), |toy| {
                     let i = cmd.toys().iter().position(|(t, _)| t == toy)?;
-                    catalogue.get(i).and_then(ToyState::price)
+                    catalogue.get(i).copied().flatten()
                 })?;
                 Ok((decision, history.first().map(|e| e.0)))
             },

@@ -40,6 +40,10 @@ async fn a_letter_is_accepted_and_priced_at_submission_time() {
     assert_eq!(view["lines"][0]["unit_price_cents"], 1250);
     assert_eq!(view["lines"][0]["line_total_cents"], 2500);
     assert_eq!(view["country"], "FI");
+    // A letter after the change is priced at the new price.
+    let (_, later) = accepted(app.submit(&letter("l-2", &[("kite", 1)])).await).await;
+    let view = app.read_after("/letters/l-2", later).await;
+    assert_eq!(view["total_cents"], 9999);
 }
 
 #[tokio::test]
