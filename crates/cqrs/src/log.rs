@@ -244,7 +244,8 @@ pub trait EventSource: Send + Debug {
 
     /// The reader's owner durably applied everything returned up to `upto` (logs that
     /// track consumers acknowledge it to the broker). Events returned after it, read ahead,
-    /// are not applied yet.
+    /// are not applied yet. A log may acknowledge only whole batches: a position inside a
+    /// batch acknowledges the batches before it, never more.
     async fn committed(&mut self, _upto: Position) -> Result<(), LogError> {
         Ok(())
     }
