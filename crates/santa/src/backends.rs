@@ -10,8 +10,8 @@ use santa_cqrs::{DeadLetters, EventLog, Leases, LocalLeases};
 use santa_nats::{NatsEventLog, NatsIdempotencyStore, NatsOptions};
 use santa_postgres::{Pg, PgAnalyticsStore, PgDeadLetters, PgKvStore, PgLeases};
 use santa_sqlite::{
-    SqliteAnalyticsStore, SqliteDeadLetters, SqliteEventLog, SqliteIdempotencyStore, SqliteKvStore,
-    SqliteLogOptions,
+    ReadStoreOptions, SqliteAnalyticsStore, SqliteDeadLetters, SqliteEventLog,
+    SqliteIdempotencyStore, SqliteKvStore, SqliteLogOptions,
 };
 use santa_workshop::analytics::AnalyticsStore;
 use santa_workshop::idempotency::IdempotencyStore;
@@ -103,12 +103,17 @@ impl Backends {
                     anyhow::bail!("--event-log: PostgreSQL is a read store here, not an event log")
                 }
             };
+        let read_store = ReadStoreOptions {
+            writer_nice: settings.read_store_nice,
+        };
         let mut leases: Arc<dyn Leases> = Arc::new(LocalLeases);
         let dead_letters: Arc<dyn DeadLetters>;
         let kv: Arc<dyn KvStore> = match scheme(&settings.read_store)? {
             Scheme::Embedded => {
                 dead_letters = Arc::new(off_runtime(dir, SqliteDeadLetters::open).await?);
-                Arc::new(off_runtime(dir, SqliteKvStore::open).await?)
+                Arc::new(
+                    off_runtime(dir, move |dir| SqliteKvStore::open_with(dir, read_store)).await?,
+                )
             }
             Scheme::Postgres => {
                 let pg = Pg::connect(&settings.read_store, POOL)
@@ -132,7 +137,12 @@ impl Backends {
             }
         };
         let analytics: Arc<dyn AnalyticsStore> = match scheme(&settings.analytics)? {
-            Scheme::Embedded => Arc::new(off_runtime(dir, SqliteAnalyticsStore::open).await?),
+            Scheme::Embedded => Arc::new(
+                off_runtime(dir, move |dir| {
+                    SqliteAnalyticsStore::open_with(dir, read_store)
+                })
+                .await?,
+            ),
             Scheme::Postgres => {
                 let pg = Pg::connect(&settings.analytics, POOL)
                     .await

@@ -244,6 +244,12 @@ struct BackendArgs {
     /// Attempts at an event that fails to apply before it is set aside as a dead letter.
     #[arg(long, env = "SANTA_MAX_ATTEMPTS", default_value_t = 5)]
     max_attempts: u32,
+    /// Embedded read stores: how much lower than the process's the CPU priority of their
+    /// writes is, as a nice value added to it (0-19). When the command path and the
+    /// projections want the same core, the command path, which clients wait on, gets it;
+    /// `0` writes them at the process's priority.
+    #[arg(long, env = "SANTA_READ_STORE_NICE", default_value_t = santa_sqlite::DEFAULT_READ_STORE_NICE, value_parser = clap::value_parser!(u8).range(0..=19))]
+    read_store_nice: u8,
     /// The JetStream stream holding the events; its subjects follow its name
     /// (`SANTA_EVENTS` → `santa.events.>`).
     #[arg(long, env = "SANTA_NATS_STREAM", default_value = "SANTA_EVENTS")]
@@ -263,6 +269,7 @@ impl BackendArgs {
         settings.partitions = self.partitions;
         settings.nats_stream = self.nats_stream;
         settings.max_attempts = self.max_attempts;
+        settings.read_store_nice = self.read_store_nice;
         if let Some(http) = http {
             settings.tokens = Tokens::parse(&http.tokens)?;
             settings.consistency_timeout = Duration::from_millis(http.consistency_timeout_ms);

@@ -52,6 +52,8 @@ pub struct Settings {
     pub publish_linger: Duration,
     /// Attempts at an event that fails to apply before it is set aside as a dead letter.
     pub max_attempts: u32,
+    /// Embedded read stores: how much lower their writes' CPU priority is (a nice value).
+    pub read_store_nice: u8,
     /// Serve the benchmark's baselines under `/bench/`.
     pub bench_endpoints: bool,
 }
@@ -79,6 +81,7 @@ impl Settings {
             context_max_age: santa_nats::DEFAULT_CONTEXT_MAX_AGE,
             publish_linger: santa_nats::DEFAULT_PUBLISH_LINGER,
             max_attempts: 5,
+            read_store_nice: santa_sqlite::DEFAULT_READ_STORE_NICE,
             bench_endpoints: false,
         }
     }

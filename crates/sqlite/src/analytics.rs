@@ -12,10 +12,10 @@ use santa_workshop::analytics::{
 use santa_workshop::kv::StoreError;
 use santa_workshop::rebuild::StoreRebuild;
 
-use crate::OpenError;
 use crate::db::store_error;
 use crate::generations::Generations;
 use crate::kv::{CHECKPOINTS_BY_PARTITION, begin_batch, end_batch, read_checkpoint};
+use crate::{OpenError, ReadStoreOptions};
 
 pub(crate) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE toys (
@@ -76,9 +76,14 @@ pub struct SqliteAnalyticsStore {
 }
 
 impl SqliteAnalyticsStore {
+    /// Opens `analytics.db` under `dir` with the default [`ReadStoreOptions`].
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        Self::open_with(dir, ReadStoreOptions::default())
+    }
+
+    pub fn open_with(dir: &Path, options: ReadStoreOptions) -> Result<Self, OpenError> {
         Ok(Self {
-            db: Generations::open(dir, "analytics", MIGRATIONS)?,
+            db: Generations::open(dir, "analytics", MIGRATIONS, options)?,
         })
     }
 }

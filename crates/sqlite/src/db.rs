@@ -1,8 +1,9 @@
 //! Connections, pragmas, migrations and the blocking-pool bridge shared by the stores.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
@@ -278,21 +279,89 @@ fn sync_data(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(path)?.sync_data()
 }
 
-/// One writer connection and a few readers, used from the blocking pool.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread of its own for a read store's writes, at a lower CPU priority (see
+/// [`crate::ReadStoreOptions`]): a nice value belongs to a thread, and one raised cannot be
+/// lowered again without privileges, so these writes cannot borrow the blocking pool's
+/// threads. It stops when the store is dropped.
+#[derive(Debug)]
+struct Lane {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Lane {
+    fn start(path: &Path, nice: u8) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let name = path.file_stem().map_or_else(String::new, |s| {
+            s.to_string_lossy().chars().take(9).collect::<String>()
+        });
+        std::thread::Builder::new()
+            .name(format!("santa-w-{name}"))
+            .spawn(move || {
+                if let Err(error) = lower_priority(nice) {
+                    tracing::debug!(%error, "a read store's writes run at the process's priority");
+                }
+                while let Ok(job) = queue.recv() {
+                    // A job that panics drops its answer's sender: the caller hears of it,
+                    // and the lane goes on.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                }
+            })?;
+        Ok(Self { jobs })
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = answer.send(f());
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?;
+        answered
+            .await
+            .map_err(|_| StoreError::Unavailable("store task failed: the write panicked".into()))
+    }
+}
+
+/// Raises the calling thread's nice value by `nice`, to 19 at most (on Linux a nice value
+/// is a thread's, not the process's).
+fn lower_priority(nice: u8) -> std::io::Result<()> {
+    let now = rustix::process::getpriority_process(None)?;
+    rustix::process::setpriority_process(None, lowered(now, nice))?;
+    Ok(())
+}
+
+/// A nice value raised by `by`, within the range Linux allows.
+fn lowered(nice: i32, by: u8) -> i32 {
+    (nice + i32::from(by)).min(19)
+}
+
+/// One writer connection and a few readers, used from the blocking pool; a read store's
+/// writes go through a [`Lane`] of its own instead.
 #[derive(Debug, Clone)]
 pub(crate) struct Db {
     writer: Arc<Mutex<Connection>>,
     readers: Arc<[Mutex<Connection>]>,
     next_reader: Arc<AtomicUsize>,
+    lane: Option<Arc<Lane>>,
 }
 
 pub(crate) const READERS: usize = 4;
 
 impl Db {
+    /// Opens the database at `path`; with a `writer_nice` above 0 its writes run on a
+    /// [`Lane`] of their own at that much lower a priority, else in the blocking pool.
     pub(crate) fn open(
         path: &Path,
         durability: Durability,
         migrations: &[&str],
+        writer_nice: u8,
     ) -> Result<Self, OpenError> {
         let writer = open(path, durability, migrations)?;
         // Readers read pages with `pread` and keep small caches (4 MB each); the writer
@@ -308,10 +377,20 @@ impl Db {
         let readers = (0..READERS)
             .map(|_| open(path, durability, migrations).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let lane = match writer_nice {
+            0 => None,
+            nice => Some(Arc::new(Lane::start(path, nice).map_err(|source| {
+                OpenError::Io {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?)),
+        };
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             readers: readers.into(),
             next_reader: Arc::default(),
+            lane,
         })
     }
 
@@ -336,7 +415,7 @@ impl Db {
         .await
     }
 
-    /// Runs `f` on the writer connection in the blocking pool.
+    /// Runs `f` on the writer connection: on the store's lane, or in the blocking pool.
     pub(crate) async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
@@ -344,9 +423,13 @@ impl Db {
         F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
     {
         let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || f(&mut lock(&writer)))
-            .await
-            .map_err(|e| E::from(StoreError::Unavailable(format!("store task failed: {e}"))))?
+        let job = move || f(&mut lock(&writer));
+        match &self.lane {
+            Some(lane) => lane.run(job).await.map_err(E::from)?,
+            None => tokio::task::spawn_blocking(job)
+                .await
+                .map_err(|e| E::from(StoreError::Unavailable(format!("store task failed: {e}"))))?,
+        }
     }
 }
 
@@ -407,5 +490,59 @@ mod tests {
     fn the_log_copies_its_wal_back_in_larger_steps_than_the_read_stores() {
         assert_eq!(autocheckpoint(Durability::Full), LOG_WAL_AUTOCHECKPOINT);
         assert_eq!(autocheckpoint(Durability::Normal), WAL_AUTOCHECKPOINT);
+    }
+
+    /// The nice value of the thread a write runs on.
+    async fn nice_of_writes(durability: Durability, writer_nice: u8) -> i32 {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db"), durability, &[], writer_nice).unwrap();
+        db.write(|_| {
+            rustix::process::getpriority_process(None)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn writes_run_at_the_priority_asked_for_and_the_caller_keeps_its_own() {
+        let process = rustix::process::getpriority_process(None).unwrap();
+        assert_eq!(nice_of_writes(Durability::Full, 0).await, process);
+        assert_eq!(nice_of_writes(Durability::Normal, 0).await, process);
+        assert_eq!(
+            nice_of_writes(Durability::Normal, 10).await,
+            lowered(process, 10)
+        );
+        assert_eq!(
+            nice_of_writes(Durability::Scratch, 19).await,
+            lowered(process, 19)
+        );
+        assert_ne!(lowered(process, 10), process, "the test runs below nice 19");
+        assert_eq!(
+            rustix::process::getpriority_process(None).unwrap(),
+            process,
+            "the caller's priority is left as it was"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_that_panics_is_an_error_and_the_next_one_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db"), Durability::Normal, &[], 10).unwrap();
+        let failed = db
+            .write(|_| -> Result<(), StoreError> { panic!("a write that panics") })
+            .await;
+        assert!(
+            matches!(failed, Err(StoreError::Unavailable(ref m)) if m.contains("panicked")),
+            "{failed:?}"
+        );
+        let answer = db
+            .write(|conn| {
+                conn.query_row("SELECT 40 + 2", [], |r| r.get::<_, i64>(0))
+                    .map_err(store_error)
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer, 42);
     }
 }

@@ -32,7 +32,12 @@ pub struct SqliteDeadLetters {
 impl SqliteDeadLetters {
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
         Ok(Self {
-            db: Db::open(&dir.join("dead-letters.db"), Durability::Full, MIGRATIONS)?,
+            db: Db::open(
+                &dir.join("dead-letters.db"),
+                Durability::Full,
+                MIGRATIONS,
+                0,
+            )?,
         })
     }
 }

@@ -185,7 +185,7 @@ impl std::fmt::Debug for Append {
 impl SqliteEventLog {
     /// Opens (or creates) `events.db` in `dir` and starts the writer thread.
     pub fn open(dir: &Path, options: SqliteLogOptions) -> Result<Self, OpenError> {
-        let db = Db::open(&dir.join("events.db"), Durability::Full, MIGRATIONS)?;
+        let db = Db::open(&dir.join("events.db"), Durability::Full, MIGRATIONS, 0)?;
         let start = db
             .with_writer(|conn| {
                 conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {

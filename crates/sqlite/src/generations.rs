@@ -18,8 +18,8 @@ use santa_workshop::kv::StoreError;
 use santa_workshop::rebuild::StoreRebuild;
 use tokio::sync::OwnedRwLockWriteGuard;
 
-use crate::OpenError;
 use crate::db::{Db, Durability, Writeback};
+use crate::{OpenError, ReadStoreOptions};
 
 /// The database of one read store, generation after generation.
 #[derive(Debug, Clone)]
@@ -32,6 +32,7 @@ struct Inner {
     dir: PathBuf,
     stem: &'static str,
     migrations: &'static [&'static str],
+    options: ReadStoreOptions,
     current: RwLock<(u64, Db)>,
     /// Writes hold it shared; a switch holds it exclusively, so that no write of the live
     /// projection lands between levelling the fresh file and switching to it.
@@ -47,6 +48,7 @@ impl Generations {
         dir: &Path,
         stem: &'static str,
         migrations: &'static [&'static str],
+        options: ReadStoreOptions,
     ) -> Result<Self, OpenError> {
         let pointer = dir.join(format!("{stem}.current"));
         let generation = match fs::read_to_string(&pointer) {
@@ -63,12 +65,18 @@ impl Generations {
             }
         };
         remove_others(dir, stem, generation);
-        let db = Db::open(&file(dir, stem, generation), Durability::Normal, migrations)?;
+        let db = Db::open(
+            &file(dir, stem, generation),
+            Durability::Normal,
+            migrations,
+            options.writer_nice,
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 stem,
                 migrations,
+                options,
                 current: RwLock::new((generation, db)),
                 gate: Arc::default(),
                 rebuilding: AtomicBool::new(false),
@@ -127,10 +135,11 @@ impl Generations {
         // From here on, dropping the claim lets the next rebuild start.
         let claim = Claim(self.clone());
         let generation = self.current().0 + 1;
-        let (dir, stem, migrations) = (
+        let (dir, stem, migrations, nice) = (
             self.inner.dir.clone(),
             self.inner.stem,
             self.inner.migrations,
+            self.inner.options.writer_nice,
         );
         let path = file(&dir, stem, generation);
         let writeback = Writeback::new(path.clone());
@@ -142,7 +151,7 @@ impl Generations {
             // it). The switch gives it its WAL back and syncs it before naming it. No
             // secondary index either until the replay is done: nothing queries the file
             // before the switch, and the projection's own reads go by primary key.
-            let db = Db::open(&path, Durability::Scratch, migrations)?;
+            let db = Db::open(&path, Durability::Scratch, migrations, nice)?;
             let deferred = db
                 .with_writer(|conn| crate::db::defer_secondary_indexes(conn))
                 .map_err(|source| OpenError::Sqlite {
@@ -159,6 +168,7 @@ impl Generations {
                 dir: self.inner.dir.clone(),
                 stem: self.inner.stem,
                 migrations: self.inner.migrations,
+                options: self.inner.options,
                 current: RwLock::new((generation, db.clone())),
                 gate: Arc::default(),
                 rebuilding: AtomicBool::new(true),
@@ -421,7 +431,8 @@ mod tests {
     #[tokio::test]
     async fn a_rebuild_writes_without_secondary_indexes_and_builds_them_before_the_switch() {
         let dir = tempfile::tempdir().unwrap();
-        let live = Generations::open(dir.path(), "read", INDEXED).unwrap();
+        let live =
+            Generations::open(dir.path(), "read", INDEXED, ReadStoreOptions::default()).unwrap();
         let all = ["c_p", "c_x", "sqlite_autoindex_p_1"];
         assert_eq!(indexes(&live.db()).await, all);
         let mut rebuild = live.rebuild(Arc::new).await.unwrap();
@@ -448,7 +459,8 @@ mod tests {
     #[tokio::test]
     async fn a_rebuild_whose_rows_break_a_foreign_key_is_not_switched_to() {
         let dir = tempfile::tempdir().unwrap();
-        let live = Generations::open(dir.path(), "read", INDEXED).unwrap();
+        let live =
+            Generations::open(dir.path(), "read", INDEXED, ReadStoreOptions::default()).unwrap();
         exec(&live, "INSERT INTO p VALUES ('live')").await.unwrap();
         let rebuild = live.rebuild(Arc::new).await.unwrap();
         // Written unchecked while replaying; found at the end.
@@ -483,7 +495,8 @@ mod tests {
     #[tokio::test]
     async fn connections_of_a_replaced_generation_keep_reading_after_its_files_are_gone() {
         let dir = tempfile::tempdir().unwrap();
-        let live = Generations::open(dir.path(), "read", MIGRATIONS).unwrap();
+        let live =
+            Generations::open(dir.path(), "read", MIGRATIONS, ReadStoreOptions::default()).unwrap();
         rebuild_and_switch(&live).await;
         let first_rebuilt = live.db();
         rebuild_and_switch(&live).await;
@@ -502,7 +515,8 @@ mod tests {
     #[tokio::test]
     async fn replaced_files_leave_at_the_switch_and_leftovers_at_the_next_start() {
         let dir = tempfile::tempdir().unwrap();
-        let live = Generations::open(dir.path(), "read", MIGRATIONS).unwrap();
+        let live =
+            Generations::open(dir.path(), "read", MIGRATIONS, ReadStoreOptions::default()).unwrap();
         exec(&live, "INSERT INTO t VALUES (1)").await.unwrap();
         rebuild_and_switch(&live).await;
         assert!(!dir.path().join("read.db").exists());
@@ -517,7 +531,8 @@ mod tests {
         for name in leftovers {
             std::fs::write(dir.path().join(name), b"left by a crash").unwrap();
         }
-        let live = Generations::open(dir.path(), "read", MIGRATIONS).unwrap();
+        let live =
+            Generations::open(dir.path(), "read", MIGRATIONS, ReadStoreOptions::default()).unwrap();
         let left: Vec<bool> = leftovers
             .iter()
             .map(|name| dir.path().join(name).exists())

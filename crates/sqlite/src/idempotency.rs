@@ -31,7 +31,7 @@ impl SqliteIdempotencyStore {
     pub fn open(dir: &Path, window: Duration) -> Result<Self, OpenError> {
         // Keys answer retries of acknowledged commands: kept as durably as the log.
         Ok(Self {
-            db: Db::open(&dir.join("idempotency.db"), Durability::Full, MIGRATIONS)?,
+            db: Db::open(&dir.join("idempotency.db"), Durability::Full, MIGRATIONS, 0)?,
             window,
         })
     }

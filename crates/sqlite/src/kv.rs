@@ -14,9 +14,9 @@ use santa_workshop::Envelope;
 use santa_workshop::kv::{Item, KvApply, KvStore, KvWrite, StoreError};
 use santa_workshop::rebuild::StoreRebuild;
 
-use crate::OpenError;
 use crate::db::store_error;
 use crate::generations::Generations;
+use crate::{OpenError, ReadStoreOptions};
 
 pub(crate) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE items (
@@ -50,9 +50,14 @@ pub struct SqliteKvStore {
 }
 
 impl SqliteKvStore {
+    /// Opens `read.db` under `dir` with the default [`ReadStoreOptions`].
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        Self::open_with(dir, ReadStoreOptions::default())
+    }
+
+    pub fn open_with(dir: &Path, options: ReadStoreOptions) -> Result<Self, OpenError> {
         Ok(Self {
-            db: Generations::open(dir, "read", MIGRATIONS)?,
+            db: Generations::open(dir, "read", MIGRATIONS, options)?,
         })
     }
 }

@@ -21,6 +21,32 @@ pub use event_log::{SqliteEventLog, SqliteLogOptions};
 pub use idempotency::SqliteIdempotencyStore;
 pub use kv::SqliteKvStore;
 
+/// How the embedded read stores (`read.db`, `analytics.db`) run their writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadStoreOptions {
+    /// How much lower than the process's the CPU priority of a store's writes is: a nice
+    /// value added to the process's, up to 19. The projections write beside the command
+    /// path on the same cores; when both want a core, the command path, which clients wait
+    /// on, gets it, and the projections catch up in larger batches once it is free. Above
+    /// 0, each store writes on a thread of its own (a raised nice value cannot be lowered
+    /// again without privileges, so these writes cannot borrow the blocking pool's
+    /// threads); 0 writes in the blocking pool at the process's priority. The log, the
+    /// idempotency keys and the dead letters, which clients or the projections wait on,
+    /// always write at the process's priority.
+    pub writer_nice: u8,
+}
+
+/// The default [`ReadStoreOptions::writer_nice`].
+pub const DEFAULT_READ_STORE_NICE: u8 = 10;
+
+impl Default for ReadStoreOptions {
+    fn default() -> Self {
+        Self {
+            writer_nice: DEFAULT_READ_STORE_NICE,
+        }
+    }
+}
+
 /// Failure to open or migrate a database.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
