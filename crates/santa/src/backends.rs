@@ -103,7 +103,7 @@ impl Backends {
                     anyhow::bail!("--event-log: PostgreSQL is a read store here, not an event log")
                 }
             };
-        let read_store = ReadStoreOptions {
+        let read_store_options = ReadStoreOptions {
             writer_nice: settings.read_store_nice,
         };
         let mut leases: Arc<dyn Leases> = Arc::new(LocalLeases);
@@ -112,7 +112,10 @@ impl Backends {
             Scheme::Embedded => {
                 dead_letters = Arc::new(off_runtime(dir, SqliteDeadLetters::open).await?);
                 Arc::new(
-                    off_runtime(dir, move |dir| SqliteKvStore::open_with(dir, read_store)).await?,
+                    off_runtime(dir, move |dir| {
+                        SqliteKvStore::open_with(dir, read_store_options)
+                    })
+                    .await?,
                 )
             }
             Scheme::Postgres => {
@@ -139,7 +142,7 @@ impl Backends {
         let analytics: Arc<dyn AnalyticsStore> = match scheme(&settings.analytics)? {
             Scheme::Embedded => Arc::new(
                 off_runtime(dir, move |dir| {
-                    SqliteAnalyticsStore::open_with(dir, read_store)
+                    SqliteAnalyticsStore::open_with(dir, read_store_options)
                 })
                 .await?,
             ),

@@ -1,4 +1,5 @@
-//! Connections, pragmas, migrations and the blocking-pool bridge shared by the stores.
+//! Connections, pragmas, migrations, and the bridges to the blocking pool and to a read
+//! store's writer thread, shared by the stores.
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};

@@ -108,7 +108,7 @@ impl Generations {
     {
         let _shared = self.inner.gate.read().await;
         let writeback = self.inner.writeback.clone();
-        // On the blocking thread that wrote: the sync it may start is a thread's spawn.
+        // On the thread that wrote: the sync it may start is a thread's spawn.
         self.db()
             .write(move |conn| {
                 let written = f(conn);
