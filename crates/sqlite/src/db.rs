@@ -493,6 +493,25 @@ mod tests {
         assert_eq!(autocheckpoint(Durability::Normal), WAL_AUTOCHECKPOINT);
     }
 
+    /// `.cargo/config.toml` builds SQLite without its memory statistics, whose one
+    /// process-wide mutex every allocation of every connection would take.
+    #[test]
+    fn sqlite_is_built_without_memory_statistics() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("t.db"), Durability::Normal, &[]).unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "SQLite was built with memory statistics: {options:?}"
+        );
+    }
+
     /// The nice value of the thread a write runs on.
     async fn nice_of_writes(durability: Durability, writer_nice: u8) -> i32 {
         let dir = tempfile::tempdir().unwrap();
