@@ -3,8 +3,9 @@
 //!
 //! All SQLite work happens off the async runtime: appends on the log's dedicated writer
 //! thread, each read store's writes on a thread of its own at a lower CPU priority
-//! ([`ReadStoreOptions`]), everything else in `spawn_blocking`. All SQL is parameterised. This crate must
-//! never hold a domain rule or projection logic; it only stores what it is given.
+//! ([`ReadStoreOptions`]), everything else in `spawn_blocking`. All SQL is parameterised.
+//! This crate must never hold a domain rule or projection logic; it only stores what it is
+//! given.
 
 mod analytics;
 mod ceiling;
